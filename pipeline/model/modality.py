@@ -1,0 +1,76 @@
+"""The per-token modality map, and the context that hands it to adapter layers.
+
+Adapters live inside `nn.Linear` layers deep in a transformers model, where no batch metadata reaches them. The
+composed model therefore writes the map of the batch in flight into a `ModalityContext` it shares with its adapter
+layers. The map is set once per LLM forward and *kept until the next forward*: activation recomputation (gradient
+checkpointing) runs during backward, after the forward returned, and must see the map of the pass it recomputes.
+During KV-cache decoding the new tokens are text; the model sets a text map for those steps.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+import torch
+
+
+class Modality(IntEnum):
+    """Per-token modality ids. PAD marks padded positions (attention mask 0)."""
+
+    PAD = -1
+    TEXT = 0
+    VISUAL = 1
+    AUDIO = 2
+
+
+NON_TEXT = (Modality.VISUAL, Modality.AUDIO)
+
+
+class ModalityContext:
+    """Holds the modality map (ids [B, T] and question flags [B, T]) of the current forward.
+
+    `default` is the modality reported when no map was set: TEXT for an LLM used on its own, VISUAL or AUDIO for an
+    encoder tower (every token of the vision tower is visual).
+    """
+
+    def __init__(self, default: Modality = Modality.TEXT) -> None:
+        self.default = Modality(default)
+        self.ids: torch.Tensor | None = None
+        self.question: torch.Tensor | None = None
+
+    def set(self, ids: torch.Tensor, question: torch.Tensor | None = None) -> None:
+        if ids.dim() != 2:
+            raise ValueError(f"modality ids must be [batch, seq], got shape {tuple(ids.shape)}")
+        if question is not None and question.shape != ids.shape:
+            raise ValueError(f"question mask shape {tuple(question.shape)} != modality ids shape {tuple(ids.shape)}")
+        self.ids = ids
+        self.question = question if question is not None else torch.zeros_like(ids, dtype=torch.bool)
+
+    def set_text(self, batch: int, seq_len: int, device: torch.device | str) -> None:
+        """Map for a forward over text tokens only (KV-cache decoding steps, text-only inputs)."""
+        self.set(torch.full((batch, seq_len), int(Modality.TEXT), dtype=torch.long, device=device))
+
+    def clear(self) -> None:
+        self.ids = None
+        self.question = None
+
+    def _check(self, x: torch.Tensor) -> None:
+        if x.shape[:-1] != self.ids.shape:
+            raise RuntimeError(
+                f"modality map is {tuple(self.ids.shape)} but the layer input is {tuple(x.shape[:-1])}: "
+                "the map was not set for this forward (set it with ModalityContext.set before calling the model)"
+            )
+
+    def ids_for(self, x: torch.Tensor) -> torch.Tensor:
+        """Modality ids [*x.shape[:-1]] for a layer input x of shape [B, T, d] (or [N, d] for encoder towers)."""
+        if self.ids is None:
+            return torch.full(x.shape[:-1], int(self.default), dtype=torch.long, device=x.device)
+        self._check(x)
+        return self.ids
+
+    def question_for(self, x: torch.Tensor) -> torch.Tensor:
+        """Question-span flags [*x.shape[:-1]] (all False when no map or no question span was set)."""
+        if self.ids is None:
+            return torch.zeros(x.shape[:-1], dtype=torch.bool, device=x.device)
+        self._check(x)
+        return self.question
