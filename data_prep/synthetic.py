@@ -1,0 +1,170 @@
+"""A small dataset in each real raw format (MUSIC-AVQA, AVE, LLaVA json, AudioCaps csv) with real media files.
+
+`python -m data_prep.synthetic --out DIR [--n N] [--seed S]` writes DIR/{music_avqa,ave,llava,audiocaps}, each with a
+train split of about N items and a held-out test split (other clips) of N//4 (at least 4). Every answer is determined by
+the media and the answers are balanced, so the question text alone cannot answer (see the tiny-model notes): the colour
+of the square, its side, how many beeps, whether the beeps come before or after the square appears, the event's timbre
+and time range, high vs low pitch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from data_prep import render
+from data_prep.render import Beep, Clip
+
+NUMBERS = ("zero", "one", "two", "three", "four")
+SIDES = ("left", "right")
+ORDERS = ("before", "after")
+# AVE classes rendered with a distinct timbre and square colour each.
+AVE_EVENTS = {"Church bell": ("sine", 880.0, "yellow"), "Violin, fiddle": ("saw", 440.0, "red"),
+              "Acoustic guitar": ("square", 330.0, "blue"), "Motorcycle": ("noise", 200.0, "green")}
+PITCHES = {"high": 1200.0, "low": 300.0}
+
+
+def balanced(levels: tuple, n: int, rng: np.random.Generator) -> list:
+    """n draws with every level equally often (up to one), in random order: answers carry no text-only prior."""
+    values = [levels[i % len(levels)] for i in range(n)]
+    return [values[i] for i in rng.permutation(n)]
+
+
+def _beeps(count: int, first: float, timbre: str = "sine", freq: float = 660.0, amp: float = 0.5) -> list[Beep]:
+    return [Beep(start=first + 0.2 * k, length=0.1, freq=freq, timbre=timbre, amp=amp) for k in range(count)]
+
+
+def _split_sizes(n: int) -> dict[str, int]:
+    return {"train": n, "test": max(4, n // 4)}
+
+
+def _write_json(path: Path, data: object) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)
+
+
+def music_avqa(out: Path, n: int, rng: np.random.Generator) -> None:
+    """2 s clips: the square appears at 1 s; 1-4 beeps all before or all after; three questions per clip."""
+    qid = 0
+    for split, size in _split_sizes(n).items():
+        colours = balanced(tuple(render.COLOURS), size, rng)
+        sides, orders = balanced(SIDES, size, rng), balanced(ORDERS, size, rng)
+        counts, asked = balanced((1, 2, 3, 4), size, rng), balanced(ORDERS, size, rng)
+        entries = []
+        for i in range(size):
+            vid = f"{split[:2]}{i:05d}"
+            first = 0.1 if orders[i] == "before" else 1.1
+            clip = Clip(duration=2.0, colour=colours[i], side=sides[i], shape_on=1.0, beeps=_beeps(counts[i], first))
+            render.write_mp4(out / "videos" / f"{vid}.mp4", clip)
+            if i % 3:  # every third clip has no wav: the converter must fall back to the mp4's audio track
+                render.write_wav(out / "audio" / f"{vid}.wav", render.waveform(clip.duration, clip.beeps))
+            questions = [
+                ('["Audio", "Counting"]', "How many beeps are heard in the video?", [], NUMBERS[counts[i]]),
+                ('["Visual", "Location"]', "What colour is the shape on the <LR>?", [sides[i]], colours[i]),
+                ('["Audio-Visual", "Temporal"]', "Do the beeps sound <BA> the shape appears?", [asked[i]],
+                 "yes" if asked[i] == orders[i] else "no"),
+            ]
+            for qtype, content, values, answer in questions:
+                qid += 1
+                entries.append({"video_id": vid, "question_id": qid, "type": qtype, "question_content": content,
+                                "templ_values": json.dumps(values), "question_deleted": 0, "anser": answer})
+        _write_json(out / f"avqa-{split}.json", entries)
+
+
+def ave(out: Path, n: int, rng: np.random.Generator) -> None:
+    """10 s clips (2 fps): the event's sound and its coloured square last from StartTime to EndTime."""
+    header = "Category&VideoID&Quality&StartTime&EndTime"
+    all_lines = []
+    for split, size in _split_sizes(n).items():
+        events = balanced(tuple(AVE_EVENTS), size, rng)
+        lines = []
+        for i in range(size):
+            vid = f"ave{split[:2]}{i:04d}"
+            start = int(rng.integers(0, 7))
+            end = int(rng.integers(start + 2, 11))
+            timbre, freq, colour = AVE_EVENTS[events[i]]
+            clip = Clip(duration=10.0, colour=colour, side=SIDES[i % 2], shape_on=start, shape_off=end, fps=2,
+                        beeps=[Beep(start=start, length=end - start, freq=freq, timbre=timbre, amp=0.4)])
+            render.write_mp4(out / "AVE" / f"{vid}.mp4", clip)
+            lines.append(f"{events[i]}&{vid}&good&{start}&{end}")
+        (out / {"train": "trainSet.txt", "test": "testSet.txt"}[split]).write_text("\n".join([header, *lines]) + "\n")
+        all_lines += lines
+    (out / "valSet.txt").write_text(header + "\n")
+    (out / "Annotations.txt").write_text("\n".join([header, *all_lines]) + "\n")
+
+
+def llava(out: Path, n: int, rng: np.random.Generator) -> None:
+    """Stage-1 style captions and questions: images (colour and side), silent videos, and beeping audio."""
+    for split, size in _split_sizes(n).items():
+        colours, sides = balanced(tuple(render.COLOURS), size, rng), balanced(SIDES, size, rng)
+        counts = balanced((1, 2, 3, 4), size, rng)
+        entries = []
+        for i in range(size):
+            eid, colour, side = f"{split}-{i:05d}", colours[i], sides[i]
+            kind = ("image", "video", "audio")[i % 3]
+            if kind == "image":
+                render.write_jpg(out / "images" / f"{eid}.jpg", render.frame(colour, side, 22))
+                turns = [f"<image>\nWhat colour is the shape?", colour]
+            elif kind == "video":
+                render.write_mp4(out / "videos" / f"{eid}.mp4", Clip(duration=1.0, colour=colour, side=side),
+                                 with_audio=False)
+                turns = ["<video>\nDescribe the video briefly.", f"A {colour} square moving on the {side}."]
+            else:
+                render.write_wav(out / "audio" / f"{eid}.wav", render.waveform(1.0, _beeps(counts[i], 0.1)))
+                turns = ["<audio>\nHow many beeps are there?", NUMBERS[counts[i]]]
+            ext = {"image": "jpg", "video": "mp4", "audio": "wav"}[kind]
+            entries.append({"id": eid, kind: f"{kind}s/{eid}.{ext}" if kind != "audio" else f"audio/{eid}.wav",
+                            "conversations": [{"from": "human", "value": turns[0]},
+                                              {"from": "gpt", "value": turns[1]}]})
+        _write_json(out / f"{split}.json", entries)
+
+
+def audiocaps(out: Path, n: int, rng: np.random.Generator) -> None:
+    """1.5 s clips of 1-4 beeps, high or low: the caption says how many and which pitch."""
+    for split, size in _split_sizes(n).items():
+        counts, pitches = balanced((1, 2, 3, 4), size, rng), balanced(tuple(PITCHES), size, rng)
+        rows = []
+        for i in range(size):
+            cap_id = str(100000 + (0 if split == "train" else 50000) + i)
+            wave = render.waveform(1.5, _beeps(counts[i], 0.1, freq=PITCHES[pitches[i]]))
+            render.write_wav(out / "audio" / f"{cap_id}.wav", wave)
+            word = NUMBERS[counts[i]].capitalize()
+            rows.append([cap_id, f"yt{cap_id}", "30", f"{word} {pitches[i]}-pitched beep{'s' if counts[i] > 1 else ''}."])
+        with (out / f"{split}.csv").open("w", newline="") as f:
+            csv.writer(f).writerows([["audiocap_id", "youtube_id", "start_time", "caption"], *rows])
+
+
+WRITERS = {"music_avqa": music_avqa, "ave": ave, "llava": llava, "audiocaps": audiocaps}
+
+
+def generate(out: Path, n: int = 32, seed: int = 0) -> dict[str, Path]:
+    """Write every source under `out`; returns {source: root}. Deterministic for a given (n, seed)."""
+    if n < 4:
+        raise ValueError(f"--n must be at least 4, got {n}")
+    roots = {}
+    for i, (name, write) in enumerate(WRITERS.items()):
+        root = out / name
+        root.mkdir(parents=True, exist_ok=True)
+        write(root, n, np.random.default_rng([seed, i]))
+        roots[name] = root
+    return roots
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="output directory")
+    parser.add_argument("--n", type=int, default=32, help="train items per source (test: n//4, at least 4)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    for name, root in generate(args.out, args.n, args.seed).items():
+        print(f"{name}: {root}")
+
+
+if __name__ == "__main__":
+    main()

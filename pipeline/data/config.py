@@ -1,0 +1,45 @@
+"""The `data` section of a run config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class SourceConfig:
+    """One shard set. `shards` is a directory (all its .tar files) or a glob of .tar files; sample counts come from
+    the `*.index.json` written next to them by `data_prep.shard`.
+
+    `weight` is the relative probability of drawing the next sample from this source while several still have
+    samples in a worker's share; `repeat` (integer) passes over this source per epoch upsample it.
+    """
+
+    shards: str = ""
+    weight: float = 1.0
+    repeat: int = 1
+
+
+@dataclass
+class DataConfig:
+    sources: list[SourceConfig] = field(default_factory=list)
+    num_frames: int = 8
+    shuffle_buffer: int = 256
+    seed: int = 0
+    num_workers: int = 2
+    micro_batch_size: int = 4
+
+    def validate(self) -> None:
+        if not self.sources:
+            raise ValueError("'data.sources' must list at least one shard set")
+        for i, src in enumerate(self.sources):
+            if not src.shards:
+                raise ValueError(f"'data.sources[{i}].shards' must be a directory or a glob of .tar files")
+            if not src.weight > 0:
+                raise ValueError(f"'data.sources[{i}].weight' must be > 0, got {src.weight}")
+            if src.repeat < 1:
+                raise ValueError(f"'data.sources[{i}].repeat' must be >= 1, got {src.repeat}")
+        for key in ("num_frames", "shuffle_buffer", "micro_batch_size"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"'data.{key}' must be >= 1, got {getattr(self, key)}")
+        if self.num_workers < 0:
+            raise ValueError(f"'data.num_workers' must be >= 0, got {self.num_workers}")

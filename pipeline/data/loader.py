@@ -1,0 +1,122 @@
+"""The training-facing loader: equal steps on every rank, skip counters for the logs, and exact resume.
+
+Usage in the training loop:
+
+    loader = ShardLoader(cfg.data, processor)            # rank/world from torch.distributed or RANK/WORLD_SIZE
+    loader.load_state_dict(ckpt["data"])                 # optional, on resume
+    for batch in loader: ...                             # exactly loader.steps_per_epoch batches, then next epoch
+    ckpt["data"] = loader.state_dict()                   # small json-serialisable dict
+
+Resume guarantee (exact): after `load_state_dict(s)` with `s` taken after the k-th batch of epoch e, the loader
+yields exactly the batches (same samples, same batch composition) that an uninterrupted run would have yielded after
+its k-th batch of epoch e, and no others; only the interleaving of the workers' batches may differ. It holds for the
+same shards, seed, world size, workers and micro batch size (checked on load). Workers replay their raw streams and
+drop the consumed samples without decoding them, so resuming costs reading, not decoding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections import Counter
+from collections.abc import Iterator
+
+import torch
+
+from pipeline.data.config import DataConfig
+from pipeline.data.plan import EpochPlan, epoch_plan, resolve_all
+from pipeline.data.stream import Processor, WorkerStream
+
+log = logging.getLogger(__name__)
+
+
+def _rank_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def _identity(item: dict) -> dict:
+    return item
+
+
+class ShardLoader:
+    """Iterates one epoch per `iter()`, `steps_per_epoch` batches on every rank; see the module docstring.
+
+    `skipped` counts skipped samples by reason (bad_json, bad_video, bad_audio, bad_image, missing_media,
+    placeholder_mismatch, rejected_by_processor, unreadable_shard) and `bad_shards` names the shards that failed.
+    """
+
+    def __init__(self, cfg: DataConfig, processor: Processor, rank: int | None = None,
+                 world_size: int | None = None) -> None:
+        cfg.validate()
+        env_rank, env_world = _rank_world()
+        self.cfg = cfg
+        self.processor = processor
+        self.rank = env_rank if rank is None else rank
+        self.world_size = env_world if world_size is None else world_size
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"data: rank {self.rank} is outside world size {self.world_size}")
+        self.shards = resolve_all(cfg)
+        self.epoch = 0
+        self.step = 0
+        self.workers: dict[int, dict] = {}
+        self.skipped: Counter = Counter()
+        self.bad_shards: list[str] = []
+
+    def plan(self, epoch: int | None = None) -> EpochPlan:
+        return epoch_plan(self.shards, self.cfg, self.epoch if epoch is None else epoch, self.rank, self.world_size)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.plan().steps
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start `epoch` from its beginning."""
+        self.epoch, self.step, self.workers = epoch, 0, {}
+
+    def __iter__(self) -> Iterator[dict]:
+        plan = self.plan()
+        stream = WorkerStream(self.cfg, plan, self.rank, self.epoch, self.processor, dict(self.workers))
+        loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=self.cfg.num_workers,
+                                             collate_fn=_identity)
+        for item in loader:
+            self.skipped.update(item["skipped"])
+            for shard in item["bad_shards"]:
+                log.warning("data: cannot read shard %s", shard)
+                self.bad_shards.append(shard)
+            if item["batch"] is None:
+                continue
+            self.workers[item["worker"]] = {k: item[k] for k in ("cycle", "offset", "batches")}
+            self.step += 1
+            yield item["batch"]
+        if self.step != plan.steps:
+            raise RuntimeError(f"data: rank {self.rank} yielded {self.step} batches, planned {plan.steps}")
+        self.set_epoch(self.epoch + 1)
+
+    def _fingerprint(self) -> dict:
+        shards = [[os.path.basename(s.path), s.samples] for src in self.shards for s in src]
+        sources = [[s.weight, s.repeat] for s in self.cfg.sources]
+        digest = hashlib.sha1(json.dumps([shards, sources]).encode()).hexdigest()[:16]
+        return {"world_size": self.world_size, "num_workers": self.cfg.num_workers, "seed": self.cfg.seed,
+                "micro_batch_size": self.cfg.micro_batch_size, "shuffle_buffer": self.cfg.shuffle_buffer,
+                "num_frames": self.cfg.num_frames, "shards": digest}
+
+    def state_dict(self) -> dict:
+        """Position after the last batch handed out (json-serialisable)."""
+        return {"epoch": self.epoch, "step": self.step, "workers": {str(w): s for w, s in self.workers.items()},
+                "fingerprint": self._fingerprint()}
+
+    def load_state_dict(self, state: dict) -> None:
+        mine = self._fingerprint()
+        for key, value in state.get("fingerprint", {}).items():
+            if mine.get(key) != value:
+                raise ValueError(f"data state: '{key}' was {value!r} when saved but is {mine.get(key)!r} now; "
+                                 "exact resume needs the same shards and data settings")
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        self.workers = {int(w): dict(s) for w, s in state["workers"].items()}

@@ -1,0 +1,123 @@
+"""What one DataLoader worker does: read its shards, mix sources by weight, shuffle, decode, batch.
+
+Everything is a deterministic function of (seed, epoch, slot, pass), so a worker can resume exactly by replaying its
+raw stream and dropping the first `offset` samples without decoding them. A worker yields exactly its quota of
+batches (see `plan`); if corrupt samples leave a pass short, it starts another pass over its share (re-shuffled)
+to fill the quota, so every rank still runs the same number of steps.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Callable, Iterator
+
+import torch
+import webdataset as wds
+
+from pipeline.data.config import DataConfig
+from pipeline.data.media import CorruptSample, allowed_file, decode_sample
+from pipeline.data.plan import EpochPlan, ShardRef
+from pipeline.model.processor import AVSample
+
+Processor = Callable[[list[AVSample]], dict]
+
+
+def read_shard(ref: ShardRef, skipped: Counter, bad_shards: list[str]) -> Iterator[dict]:
+    """Samples of one tar (only allowed extensions are read); an unreadable shard is counted and named, not raised."""
+    try:
+        yield from wds.tarfile_samples([{"url": ref.path}], select_files=allowed_file)
+    except Exception as exc:  # missing file, truncated or garbage tar: tarfile/gopen raise various types
+        skipped["unreadable_shard"] += 1
+        bad_shards.append(f"{ref.path}: {type(exc).__name__}: {exc}")
+
+
+def mix(streams: list[Iterator[dict]], weights: list[float], rng: random.Random) -> Iterator[dict]:
+    """Draw the next sample from a stream chosen with probability proportional to its weight, until all are empty."""
+    live = list(range(len(streams)))
+    while live:
+        i = rng.choices(live, weights=[weights[j] for j in live])[0]
+        try:
+            yield next(streams[i])
+        except StopIteration:
+            live.remove(i)
+
+
+class WorkerStream(torch.utils.data.IterableDataset):
+    """Yields dicts {"batch", "worker", "cycle", "offset", "batches", "skipped", "bad_shards"}: the batch and the
+    worker's position after it (pass, raw samples pulled, batches made). The last item per worker has batch None and
+    only the counts since the last batch. `resume` maps worker -> {cycle, offset, batches}."""
+
+    def __init__(self, cfg: DataConfig, plan: EpochPlan, rank: int, epoch: int, processor: Processor,
+                 resume: dict[int, dict] | None = None) -> None:
+        self.cfg, self.plan, self.rank, self.epoch = cfg, plan, rank, epoch
+        self.processor = processor
+        self.resume = resume or {}
+
+    def raw(self, share: list[ShardRef], slot: int, cycle: int, skipped: Counter, bad: list[str]) -> Iterator[dict]:
+        """The worker's raw (undecoded) sample stream for one pass: sources mixed by weight, then shuffled."""
+        tag = f"{self.cfg.seed}-{self.epoch}-{slot}-{cycle}"
+        order = random.Random(f"order-{tag}")
+        streams, weights = [], []
+        for i, src in enumerate(self.cfg.sources):
+            mine = [s for s in share if s.source == i]
+            if mine:
+                if cycle:
+                    order.shuffle(mine)
+                streams.append(s for ref in mine for s in read_shard(ref, skipped, bad))
+                weights.append(src.weight)
+        mixed = mix(streams, weights, random.Random(f"mix-{tag}"))
+        size = self.cfg.shuffle_buffer
+        return wds.shuffle(size, initial=size, rng=random.Random(f"shuffle-{tag}"))(mixed)
+
+    def _encode(self, samples: list[AVSample], skipped: Counter) -> dict | None:
+        """Batch via the processor; a processor with `encode`/`collate` (AVProcessor) can reject single samples."""
+        encode = getattr(self.processor, "encode", None)
+        if encode is None:
+            return self.processor(samples)
+        encoded = []
+        for sample in samples:
+            try:
+                encoded.append(encode(sample))
+            except ValueError:
+                skipped["rejected_by_processor"] += 1
+        return self.processor.collate(encoded) if encoded else None
+
+    def __iter__(self) -> Iterator[dict]:
+        info = torch.utils.data.get_worker_info()
+        worker = info.id if info is not None else 0
+        slot = self.rank * max(self.cfg.num_workers, 1) + worker
+        share, quota = self.plan.shares[slot], self.plan.quotas[worker]
+        state = self.resume.get(worker, {"cycle": 0, "offset": 0, "batches": 0})
+        cycle, offset, batches = state["cycle"], state["offset"], state["batches"]
+        skipped: Counter = Counter()
+        bad: list[str] = []
+        while batches < quota:
+            buffer: list[AVSample] = []
+            decoded = 0
+            for pulled, sample in enumerate(self.raw(share, slot, cycle, skipped, bad), start=1):
+                if pulled <= offset:
+                    continue
+                try:
+                    buffer.append(decode_sample(sample, self.cfg.num_frames))
+                    decoded += 1
+                except CorruptSample as exc:
+                    skipped[exc.reason] += 1
+                if len(buffer) < self.cfg.micro_batch_size:
+                    continue
+                batch, buffer = self._encode(buffer, skipped), []
+                if batch is None:
+                    continue
+                batches += 1
+                yield {"batch": batch, "worker": worker, "cycle": cycle, "offset": pulled, "batches": batches,
+                       "skipped": dict(skipped), "bad_shards": list(bad)}
+                skipped.clear()
+                bad.clear()
+                if batches == quota:
+                    break
+            else:
+                if decoded == 0 and offset == 0:
+                    names = ", ".join(s.path for s in share)
+                    raise RuntimeError(f"data: no decodable sample in rank {self.rank} worker {worker}'s shards ({names})")
+                cycle, offset = cycle + 1, 0
+        yield {"batch": None, "worker": worker, "skipped": dict(skipped), "bad_shards": list(bad)}

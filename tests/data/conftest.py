@@ -1,0 +1,36 @@
+"""Session fixtures: synthetic raw data and real tar shards (raw and predecoded), built once."""
+
+from pathlib import Path
+
+import pytest
+
+from data_prep.shard import write_shards
+from data_prep.synthetic import generate
+from pipeline.data.config import DataConfig, SourceConfig
+
+
+@pytest.fixture(scope="session")
+def raw(tmp_path_factory) -> dict[str, Path]:
+    return generate(tmp_path_factory.mktemp("raw"), n=8, seed=1)
+
+
+@pytest.fixture(scope="session")
+def shards(raw, tmp_path_factory) -> dict[str, Path]:
+    """music_avqa: 24 samples in 8 shards of 3; llava and audiocaps: 8 samples in 4 shards of 2; one dir each."""
+    out = {}
+    for source, maxcount in (("music_avqa", 3), ("llava", 2), ("audiocaps", 2)):
+        out[source] = tmp_path_factory.mktemp(source)
+        write_shards(source, raw[source], "train", out[source], maxcount=maxcount, progress=False)
+    out["music_avqa_predecoded"] = tmp_path_factory.mktemp("predecoded")
+    write_shards("music_avqa", raw["music_avqa"], "train", out["music_avqa_predecoded"], maxcount=3,
+                 predecode=True, num_frames=8, progress=False)
+    return out
+
+
+def ids(samples) -> dict:
+    """A test 'processor': the batch is the sample keys (plus shapes, to check decoding)."""
+    return {"ids": [s.meta["key"] for s in samples], "video": [None if s.video is None else s.video.shape for s in samples]}
+
+
+def config(*dirs: Path, **kw) -> DataConfig:
+    return DataConfig(sources=[SourceConfig(shards=str(d)) for d in dirs], **kw)
