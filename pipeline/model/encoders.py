@@ -70,7 +70,7 @@ class VisionTower(nn.Module):
         self.tokens_per_item = (self.grid // pool) ** 2
 
     def build_preprocessor(self):
-        return AutoImageProcessor.from_pretrained(self.path, use_fast=False)
+        return AutoImageProcessor.from_pretrained(self.path, backend="pil")
 
     def dummy_input(self) -> torch.Tensor:
         size = self.encoder.config.image_size
