@@ -57,8 +57,7 @@ class AVLLM(nn.Module):
         dtype = cfg.torch_dtype
         self.tokenizer = load_tokenizer(cfg)
         self.llm = AutoModelForCausalLM.from_pretrained(cfg.llm, dtype=dtype, attn_implementation=cfg.attn_implementation)
-        if len(self.tokenizer) > self.llm.get_input_embeddings().num_embeddings:
-            self.llm.resize_token_embeddings(len(self.tokenizer))
+        self._add_token_rows(len(self.tokenizer))
         width = self.llm.config.get_text_config().hidden_size
         self.vision = VisionTower(cfg.vision, cfg.vision_feature_layer, cfg.vision_pool, dtype) if cfg.vision else None
         self.audio = load_audio_tower(cfg.audio, cfg.audio_window_seconds, cfg.audio_pool, dtype) if cfg.audio else None
@@ -77,6 +76,21 @@ class AVLLM(nn.Module):
         self.llm.get_decoder().register_forward_pre_hook(self._text_map_for_token_inputs, with_kwargs=True)
 
     # ---- construction -----------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _add_token_rows(self, vocab: int) -> None:
+        """Grow the embedding (and untied head) to the tokenizer with rows set to the mean of the old rows.
+
+        Deterministic on purpose: every composition of the same base (stage 1, stage 2, merge, eval) must have the
+        same rows, or the head's logits for the media tokens (part of every softmax) would differ between them.
+        """
+        old = self.llm.get_input_embeddings().num_embeddings
+        if vocab <= old:
+            return
+        self.llm.resize_token_embeddings(vocab, mean_resizing=False)
+        for layer in (self.llm.get_input_embeddings(), self.llm.get_output_embeddings()):
+            if layer is not None:
+                layer.weight[old:] = layer.weight[:old].mean(0, keepdim=True)
 
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> "AVLLM":

@@ -1,0 +1,75 @@
+"""Fixtures for the training tests: synthetic shards, tiny components, and a 2-rank DeepSpeed launcher."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from data_prep.shard import write_shards
+from data_prep.synthetic import generate
+
+REPO = Path(__file__).resolve().parents[2]
+DEEPSPEED = str(Path(sys.executable).parent / "deepspeed")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "TOKENIZERS_PARALLELISM": "false",
+            "PYTHONPATH": str(REPO)}
+
+
+def train_cmd(config: Path | str, overrides: list[str], nproc: int = 2) -> list[str]:
+    return [DEEPSPEED, "--num_gpus", str(nproc), "--master_port", str(free_port()), "launch/train.py",
+            "--config", str(config), *overrides]
+
+
+def run_train(config: Path | str, overrides: list[str], nproc: int = 2, timeout: int = 300) -> Path:
+    """Launch `launch/train.py` on `nproc` CPU ranks; returns the run directory (fails the test on error)."""
+    proc = subprocess.run(train_cmd(config, overrides, nproc), cwd=REPO, env=launch_env(), capture_output=True,
+                          text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(f"training failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    out = next(o.split("=", 1)[1] for o in overrides if o.startswith("output_dir="))
+    return Path(out)
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="session")
+def train_data(tmp_path_factory, tiny_components) -> dict:
+    """Synthetic shards of every source (train split) and tiny llama components."""
+    root = tmp_path_factory.mktemp("train-data")
+    raw = generate(root / "raw", n=16, seed=0)
+    for source in ("music_avqa", "ave", "llava", "audiocaps"):
+        write_shards(source, raw[source], "train", root / "shards" / source / "train", maxcount=8, progress=False)
+    components = tiny_components("llama").parent
+    return {"root": root, "shards": root / "shards", "components": components}
+
+
+def common_overrides(train_data: dict, out: Path, **extra) -> list[str]:
+    comp = train_data["components"]
+    base = {"output_dir": out, "model.llm": comp / "llm", "model.vision": comp / "vision",
+            "model.audio": comp / "audio", "data.root": train_data["shards"], "data.micro_batch_size": 4,
+            "data.shuffle_buffer": 16}
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+@pytest.fixture(scope="session")
+def stage1_run(train_data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "stage1"
+    return run_train(REPO / "configs/demo/stage1.yaml", common_overrides(train_data, out, max_steps=8, **{"train.epochs": 2,
+                                                                        "optim.lr": 3e-3}))
