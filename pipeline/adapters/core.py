@@ -85,9 +85,8 @@ class LowRankLinear(AdapterLinear):
         """A as used in this forward; `x` is the layer input (IMoD attaches its gradient injection here)."""
         return self.lora_A
 
-    def project_down(self, x: torch.Tensor) -> torch.Tensor:
-        """u = A dropout(x), recorded by an active dominance probe."""
-        x_in = self.dropout(x)
+    def project_down(self, x: torch.Tensor, x_in: torch.Tensor) -> torch.Tensor:
+        """u = A x_in for x_in = dropout(x), recorded by an active dominance probe."""
         u = F.linear(x_in, self.a_matrix(x))
         if self.probe is not None and u.requires_grad:
             self.probe.record(self, x_in, u)
@@ -95,7 +94,7 @@ class LowRankLinear(AdapterLinear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base_layer(x)
-        u = self.project_down(x)
+        u = self.project_down(x, self.dropout(x))
         # out + s·(u Bᵀ) as one fused GEMM-with-add instead of matmul, scale and add (three passes over `out`).
         fused = torch.addmm(out.reshape(-1, self.out_features), u.reshape(-1, self.rank), self.lora_B.t(),
                             alpha=self.scaling)

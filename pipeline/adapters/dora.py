@@ -30,13 +30,13 @@ class DoRALinear(LowRankLinear):
         bias = self.base_layer.bias
         norm = torch.linalg.norm(self._direction().detach(), dim=1)
         gain = self.magnitude / norm
-        lora = F.linear(self.project_down(x), self.lora_B) * self.scaling
-        if isinstance(self.dropout, nn.Identity) or not self.training:
+        x_in = self.dropout(x)
+        lora = F.linear(self.project_down(x, x_in), self.lora_B) * self.scaling
+        if isinstance(self.dropout, nn.Identity) or not self.training:  # x_in == x
             out = gain * (F.linear(x, weight) + lora)
             return out if bias is None else out + bias
-        # With dropout the low-rank path sees dropout(x) while the base output must see x (PEFT's formula).
-        x_drop = self.dropout(x)
-        return self.base_layer(x) + (gain - 1) * F.linear(x_drop, weight) + gain * lora
+        # With dropout the rescaled direction sees dropout(x) while the base output keeps x (PEFT's formula).
+        return self.base_layer(x) + (gain - 1) * F.linear(x_in, weight) + gain * lora
 
     def merged_weight(self) -> torch.Tensor:
         direction = self._direction()

@@ -24,11 +24,12 @@ def logits(model: nn.Module) -> torch.Tensor:
         return model(input_ids=TOKENS).logits
 
 
-def ours_and_peft(name: str, rslora: bool = False):
+def ours_and_peft(name: str, rslora: bool = False, dropout: float = 0.0):
     base = tiny_llama()
     ref = get_peft_model(copy.deepcopy(base), LoraConfig(r=4, lora_alpha=8, target_modules=DEFAULT_TARGETS,
-                                                         use_dora=name == "dora", use_rslora=rslora))
-    cfg = AdapterConfig(name=name, rank=4, alpha=8, rslora=rslora)
+                                                         use_dora=name == "dora", use_rslora=rslora,
+                                                         lora_dropout=dropout))
+    cfg = AdapterConfig(name=name, rank=4, alpha=8, rslora=rslora, dropout=dropout)
     attach(base, cfg)
     randomize_adapters(base)
     with torch.no_grad():
@@ -49,6 +50,18 @@ def test_forward_and_merged_weights_equal_peft(name, rslora):
     for layer_name, layer in adapter_layers(ours).items():
         expected = merged_ref.get_submodule(layer_name).weight
         torch.testing.assert_close(layer.merged_weight(), expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["lora", "dora"])
+def test_training_forward_with_dropout_equals_peft(name):
+    """Same seed, same order of dropout draws (one per layer): the same masks, so the same outputs."""
+    ours, ref, _ = ours_and_peft(name, dropout=0.3)
+    outputs = []
+    for model in (ours, ref):
+        model.train()
+        torch.manual_seed(5)
+        outputs.append(model(input_ids=TOKENS).logits)
+    torch.testing.assert_close(outputs[0], outputs[1], atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("name", [n for n, cls in ADAPTERS.items() if cls.mergeable])

@@ -1,0 +1,114 @@
+"""Forward+backward step time of the adapters on a small-but-real Llama (CPU, fp32).
+
+Every variant starts from the same random base weights and sees the same batch and the same modality map (a visual
+span, an audio span, the rest text). Steps are interleaved across variants (one step of each per round, rotating
+the order) so that drift of the machine hits all alike; the table reports medians.
+
+    python benchmarks/adapters.py [--hidden 512 --layers 2 --seq 256 --batch 2 --steps 15] [--json PATH]
+
+The defaults are smaller than the issue's 8 layers x 512 tokens x batch 4: that size takes 10-20 s per step on the
+shared 2-core machine, over 10 minutes for an interleaved run of four variants. Per-layer shapes (hidden 512,
+rank 8) are kept, and they decide the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import LlamaConfig, LlamaForCausalLM
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.adapters import AdapterConfig, attach  # noqa: E402
+from pipeline.adapters.config import DEFAULT_TARGETS  # noqa: E402
+from pipeline.model.modality import Modality, ModalityContext  # noqa: E402
+
+
+def build_models(args) -> tuple[dict[str, torch.nn.Module], ModalityContext]:
+    torch.manual_seed(0)
+    base = LlamaForCausalLM(LlamaConfig(
+        hidden_size=args.hidden, intermediate_size=args.hidden * 8 // 3 // 64 * 64, num_hidden_layers=args.layers,
+        num_attention_heads=args.hidden // 64, num_key_value_heads=args.hidden // 128, vocab_size=args.vocab,
+        max_position_embeddings=args.seq, attn_implementation="sdpa",
+    ))
+    base.requires_grad_(False)
+    ctx = ModalityContext()
+    models = {"peft-lora": get_peft_model(copy.deepcopy(base), LoraConfig(r=args.rank, lora_alpha=2 * args.rank,
+                                                                          target_modules=DEFAULT_TARGETS))}
+    for name in ("lora", "dora", "imod"):
+        model = copy.deepcopy(base)
+        attach(model, AdapterConfig(name=name, rank=args.rank, alpha=2 * args.rank), ctx)
+        models[name] = model
+    for model in models.values():
+        model.train()
+    return models, ctx
+
+
+def modality_map(batch: int, seq: int) -> torch.Tensor:
+    ids = torch.full((batch, seq), int(Modality.TEXT))
+    ids[:, 4 : 4 + seq // 4] = int(Modality.VISUAL)
+    ids[:, 4 + seq // 4 : 4 + seq // 4 + seq // 8] = int(Modality.AUDIO)
+    return ids
+
+
+def step(model: torch.nn.Module, tokens: torch.Tensor) -> float:
+    model.zero_grad(set_to_none=True)
+    start = time.perf_counter()
+    model(input_ids=tokens, labels=tokens).loss.backward()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hidden", type=int, default=512)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--seq", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument("--vocab", type=int, default=4096)
+    parser.add_argument("--steps", type=int, default=15, help="timed steps per variant (after 2 warm-up rounds)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", type=Path, help="write the three ratios here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    models, ctx = build_models(args)
+    tokens = torch.randint(0, args.vocab, (args.batch, args.seq), generator=torch.Generator().manual_seed(0))
+    ctx.set(modality_map(args.batch, args.seq))
+    names = list(models)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for round_ in range(args.steps + 2):
+        order = names[round_ % len(names):] + names[: round_ % len(names)]
+        for name in order:
+            elapsed = step(models[name], tokens)
+            if round_ >= 2:
+                times[name].append(elapsed)
+    median = {n: statistics.median(t) for n, t in times.items()}
+    ratios = {
+        "imod_over_lora": median["imod"] / median["lora"],
+        "lora_over_peft": median["lora"] / median["peft-lora"],
+        "dora_over_lora": median["dora"] / median["lora"],
+    }
+    print(f"Llama hidden {args.hidden}, {args.layers} layers, batch {args.batch} x seq {args.seq}, rank {args.rank}, "
+          f"fp32, {args.threads} threads, median of {args.steps} interleaved steps\n")
+    print("| adapter | median step (ms) | vs our LoRA |\n|---|---:|---:|")
+    for name in names:
+        print(f"| {name} | {1000 * median[name]:.1f} | {median[name] / median['lora']:.3f} |")
+    print("\n| ratio | value | target |\n|---|---:|---:|")
+    targets = {"imod_over_lora": "<= 1.05", "lora_over_peft": "<= 1.00", "dora_over_lora": "-"}
+    for key, value in ratios.items():
+        print(f"| {key} | {value:.3f} | {targets[key]} |")
+    if args.json:
+        args.json.write_text(json.dumps(ratios, indent=2))
+
+
+if __name__ == "__main__":
+    main()
