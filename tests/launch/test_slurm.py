@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -55,39 +56,75 @@ def config_file(tmp_path_factory) -> Path:
     return path
 
 
-def sbatch(cluster: dict[str, str], script: str, config: Path, log: Path, *overrides: str) -> None:
-    """Submit a script from the repo root on 2 nodes x 1 CPU rank and wait; fail with the job log on error."""
+@dataclass
+class Launch:
+    """One launch running in the background: its command, where rank 0 writes, its logs (job log last)."""
+
+    cmd: list[str]
+    out_dir: Path
+    logs: list[Path]
+    proc: subprocess.Popen
+
+    def result(self) -> dict:
+        """Wait for the launch; fail with the log tail unless it exited 0; return rank 0's result."""
+        try:
+            rc = self.proc.wait(timeout=JOB_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+        assert rc == 0, f"{' '.join(self.cmd)} -> {rc}\n" + "\n".join(
+            f"--- {log.name}\n{log.read_text()[-4000:]}" for log in self.logs if log.exists())
+        return read_result(self.out_dir)
+
+
+def start(cmd: list[str], env: dict[str, str], out_dir: Path, output: Path, *more_logs: Path) -> Launch:
+    with open(output, "w") as sink:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
+    return Launch(cmd, out_dir, [output, *more_logs], proc)
+
+
+def sbatch(cluster: dict[str, str], script: str, config: Path, tmp: Path, name: str, *overrides: str) -> Launch:
+    """Submit a script from the repo root on 2 nodes x 1 CPU rank; `sbatch --wait` exits with the job's code."""
     env = {**run_env(cluster), "ENTRY": ENTRY, "CONFIG": str(config), "GPUS_PER_NODE": "1"}
+    log = tmp / f"{name}.log"
     cmd = ["sbatch", "--wait", "--nodes=2", "--gpus-per-node=0", "--cpus-per-task=1", "--partition=test",
-           "--time=5", f"--output={log}", script, *overrides]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=JOB_TIMEOUT)
-    job_log = log.read_text() if log.exists() else "(no job log)"
-    assert proc.returncode == 0, f"{' '.join(cmd)} -> {proc.returncode}\n{proc.stderr}\n{job_log[-4000:]}"
+           "--time=5", f"--output={log}", script, *overrides, f"out_dir={tmp / name}"]
+    return start(cmd, env, tmp / name, tmp / f"{name}.sbatch.out", log)
 
 
-def test_train_sbatch_two_nodes_matches_direct_launch(cluster, config_file, tmp_path):
-    sbatch(cluster, "launch/slurm/train.sbatch", config_file, tmp_path / "train.log", f"out_dir={tmp_path / 'slurm'}")
-    slurm = read_result(tmp_path / "slurm")
+@pytest.fixture(scope="module")
+def launches(cluster, config_file, tmp_path_factory) -> dict[str, Launch]:
+    """Both jobs (1 CPU per node each, so they run side by side) and the direct launch, all started at once."""
+    tmp = tmp_path_factory.mktemp("slurm-runs")
+    direct_cmd = [f"{sys.prefix}/bin/deepspeed", "--num_gpus", "2", "--master_port", str(free_port()),
+                  "--no_local_rank", ENTRY, "--config", str(config_file), f"out_dir={tmp / 'direct'}"]
+    running = {
+        "train": sbatch(cluster, "launch/slurm/train.sbatch", config_file, tmp, "train"),
+        "eval": sbatch(cluster, "launch/slurm/eval.sbatch", config_file, tmp, "eval", "steps=0"),
+        "direct": start(direct_cmd, run_env(dict(os.environ)), tmp / "direct", tmp / "direct.log"),
+    }
+    yield running
+    for launch in running.values():
+        if launch.proc.poll() is None:
+            launch.proc.kill()
+            launch.proc.wait()
+
+
+def test_train_sbatch_two_nodes_matches_direct_launch(launches):
+    slurm = launches["train"].result()
     assert slurm["world_size"] == 2 and slurm["allreduce"] == 3.0
     assert [p["node"] for p in slurm["placement"]] == ["0", "1"], "rank r must run on node r"
     assert slurm["losses"][-1] < slurm["losses"][0]
-
-    direct_cmd = [f"{sys.prefix}/bin/deepspeed", "--num_gpus", "2", "--master_port", str(free_port()),
-                  "--no_local_rank", ENTRY, "--config", str(config_file), f"out_dir={tmp_path / 'direct'}"]
-    proc = subprocess.run(direct_cmd, cwd=ROOT, env=run_env(dict(os.environ)), capture_output=True, text=True,
-                          timeout=JOB_TIMEOUT)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    direct = read_result(tmp_path / "direct")
+    direct = launches["direct"].result()
+    assert [p["node"] for p in direct["placement"]] == [None, None]
     # Same data shards per rank; a two-rank gloo sum is order-free, so the runs agree bit for bit.
     for key in ("allreduce", "losses", "weight", "bias"):
         assert slurm[key] == direct[key], key
 
 
-def test_eval_sbatch_two_nodes(cluster, config_file, tmp_path):
-    sbatch(cluster, "launch/slurm/eval.sbatch", config_file, tmp_path / "eval.log", "steps=0",
-           f"out_dir={tmp_path / 'eval'}")
-    result = read_result(tmp_path / "eval")
+def test_eval_sbatch_two_nodes(launches):
+    result = launches["eval"].result()
     assert result["world_size"] == 2 and result["allreduce"] == 3.0
     assert [p["node"] for p in result["placement"]] == ["0", "1"]
     # The master is nodeA reached at its NodeAddr (the test nodes' names don't resolve).
-    assert "master nodeA (127.0.0.1:" in (tmp_path / "eval.log").read_text()
+    assert "master nodeA (127.0.0.1:" in launches["eval"].logs[-1].read_text()
