@@ -18,8 +18,8 @@ trap 'rm -f "$hostfile"' EXIT
 scontrol show hostnames "$SLURM_JOB_NODELIST" | sed "s/\$/ slots=$GPUS_PER_NODE/" > "$hostfile"
 
 if [[ $SLURM_NODEID == 0 ]]; then
-  echo "[node_launch] $SLURM_JOB_NUM_NODES nodes x $GPUS_PER_NODE ranks, master $master_host ($master_addr:$MASTER_PORT)," \
-       "entry $entry" >&2
+  echo "[node_launch] $SLURM_JOB_NUM_NODES nodes x $GPUS_PER_NODE ranks," \
+       "master $master_host ($master_addr:$MASTER_PORT), entry $entry" >&2
 fi
 # Not exec: the trap removes the hostfile afterwards; srun signals the whole step on cancel.
 deepspeed --hostfile "$hostfile" --no_ssh --node_rank "$SLURM_NODEID" --num_nodes "$SLURM_JOB_NUM_NODES" \

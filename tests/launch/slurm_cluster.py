@@ -42,7 +42,8 @@ def ensure_installed() -> None:
     if not _missing_binaries():
         return
     if os.geteuid() != 0:
-        raise SlurmUnavailable(f"slurm binaries missing ({', '.join(_missing_binaries())}) and not root to apt-get them")
+        missing = ", ".join(_missing_binaries())
+        raise SlurmUnavailable(f"slurm binaries missing ({missing}) and not root to apt-get them")
     if shutil.which("apt-get") is None:
         raise SlurmUnavailable("slurm binaries missing and apt-get is not available")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
