@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 import pytest
 from transformers.utils import logging as hf_logging
 
+from data_prep.shard import write_shards
+from data_prep.synthetic import generate
 from pipeline.config import load_config
 from pipeline.model.config import ModelConfig
 from pipeline.model.tiny import write_tiny
@@ -47,3 +49,14 @@ def tiny_model_config(tiny_components):
         return load_config(ModelOnly, tiny_components(family), extra).model
 
     return make
+
+
+@pytest.fixture(scope="session")
+def train_data(tmp_path_factory, tiny_components) -> dict:
+    """Synthetic shards of every source (train split) and tiny llama components."""
+    root = tmp_path_factory.mktemp("train-data")
+    raw = generate(root / "raw", n=16, seed=0)
+    for source in ("music_avqa", "ave", "llava", "audiocaps"):
+        write_shards(source, raw[source], "train", root / "shards" / source / "train", maxcount=8, progress=False)
+    components = tiny_components("llama").parent
+    return {"root": root, "shards": root / "shards", "components": components}

@@ -11,8 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from data_prep.shard import write_shards
-from data_prep.synthetic import generate
 
 REPO = Path(__file__).resolve().parents[2]
 DEEPSPEED = str(Path(sys.executable).parent / "deepspeed")
@@ -46,17 +44,6 @@ def run_train(config: Path | str, overrides: list[str], nproc: int = 2, timeout:
 
 def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-@pytest.fixture(scope="session")
-def train_data(tmp_path_factory, tiny_components) -> dict:
-    """Synthetic shards of every source (train split) and tiny llama components."""
-    root = tmp_path_factory.mktemp("train-data")
-    raw = generate(root / "raw", n=16, seed=0)
-    for source in ("music_avqa", "ave", "llava", "audiocaps"):
-        write_shards(source, raw[source], "train", root / "shards" / source / "train", maxcount=8, progress=False)
-    components = tiny_components("llama").parent
-    return {"root": root, "shards": root / "shards", "components": components}
 
 
 def common_overrides(train_data: dict, out: Path, **extra) -> list[str]:
