@@ -56,9 +56,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    from pipeline.train.loop import train
+    from pipeline.train.loop import TrainingStopped, train
 
-    run_dir = train(cfg)
+    try:
+        run_dir = train(cfg)
+    except TrainingStopped as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
     if int(os.environ.get("RANK", 0)) == 0:
         print(f"run directory: {run_dir}")
     return 0

@@ -1,0 +1,56 @@
+"""A run killed with SIGKILL mid-training and resumed with resume=auto ends where an uninterrupted run ends."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import torch
+from safetensors.torch import load_file
+
+from tests.train.conftest import REPO, common_overrides, launch_env, metrics, run_train, train_cmd
+
+CONFIG = REPO / "configs/demo/stage1.yaml"
+
+
+def overrides(train_data, out):
+    # 4 optimizer steps per epoch on 2 ranks: 10 steps cross two epoch boundaries; accumulation 2 on top.
+    return common_overrides(train_data, out, max_steps=10, **{"train.epochs": 3, "train.save_every": 2,
+                                                              "train.keep_last": 2, "data.micro_batch_size": 2,
+                                                              "optim.gradient_accumulation_steps": 2,
+                                                              "data.num_workers": 2})
+
+
+def test_sigkill_then_resume_auto_equals_uninterrupted(train_data, tmp_path):
+    straight = run_train(CONFIG, overrides(train_data, tmp_path / "straight"))
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(train_cmd(CONFIG, overrides(train_data, out)), cwd=REPO, env=launch_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    marker = out / "checkpoints" / "step-4" / "COMPLETE"
+    deadline = time.time() + 240
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert marker.exists(), "the run never reached its step-4 checkpoint"
+    assert not (out / "final").exists(), "the run finished before it could be killed"
+    # a checkpoint half-written by a crash (no COMPLETE marker) must be ignored
+    (out / "checkpoints" / "step-9").mkdir()
+
+    resumed = run_train(CONFIG, overrides(train_data, out))
+    assert [r["step"] for r in metrics(resumed)] == list(range(1, 11))
+    a = load_file(straight / "final/trainables.safetensors")
+    b = load_file(resumed / "final/trainables.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-6)
+    for x, y in zip(metrics(straight), metrics(resumed)):
+        assert abs(x["loss"] - y["loss"]) < 1e-5, (x, y)
+    kept = sorted(p.name for p in (out / "checkpoints").glob("step-*") if (p / "COMPLETE").exists())
+    assert kept == ["step-10", "step-8"]
+    state = json.loads((out / "checkpoints" / "step-10" / "rank-1.json").read_text())
+    assert state["step"] == 10 and "data" in state
