@@ -52,11 +52,6 @@ class RunConfig:
     def validate(self) -> None:
         if self.stage not in (1, 2):
             raise ValueError(f"stage: must be 1 or 2, got {self.stage}")
-        if self.stage == 2 and self.stage1_run is None:
-            raise ValueError("stage1_run: stage 2 starts from a stage-1 run directory; set stage1_run=DIR")
-        if self.stage == 2 and not (Path(self.stage1_run) / "final" / "trainables.safetensors").is_file():
-            raise ValueError(f"stage1_run: {self.stage1_run} has no final/trainables.safetensors "
-                             "(is it a finished stage-1 run directory?)")
         if self.train.device not in ("auto", "cuda", "cpu"):
             raise ValueError(f"train.device: '{self.train.device}' is not one of auto, cuda, cpu")
         if self.data.num_frames != self.model.num_frames:

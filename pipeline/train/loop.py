@@ -27,7 +27,7 @@ from pipeline.train.checkpoint import complete_checkpoints, load_checkpoint, sav
 from pipeline.train.config import RunConfig
 from pipeline.train.ds_config import offloads_optimizer, resolve_ds_config
 from pipeline.train.logging import MetricsLogger
-from pipeline.train.stages import build_model
+from pipeline.train.stages import build_model, check_stage1_run
 
 
 class TrainingStopped(RuntimeError):
@@ -81,6 +81,8 @@ def _resume_point(cfg: RunConfig, run_dir: Path) -> Path | None:
 def train(cfg: RunConfig) -> Path:
     """Run one stage; returns the run directory (see the README for its layout)."""
     run_dir = Path(cfg.output_dir)
+    if cfg.stage == 2:
+        check_stage1_run(cfg.stage1_run)
     device = pick_device(cfg)
     init_distributed(device)
     rank, world = dist.get_rank(), dist.get_world_size()

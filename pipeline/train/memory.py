@@ -25,7 +25,9 @@ def parameter_counts(cfg: RunConfig) -> tuple[int, int, int]:
             if path is not None:
                 parts.append(AutoModel.from_config(AutoConfig.from_pretrained(path)))
     for part in parts:
-        for p in part.parameters():
+        for name, p in part.named_parameters():
+            if part.config.model_type == "whisper" and not name.startswith("encoder."):
+                continue  # only Whisper's encoder is loaded
             total += p.numel()
             largest = max(largest, p.numel())
     llm_cfg = parts[0].config.get_text_config()
@@ -55,9 +57,16 @@ def estimate(cfg: RunConfig, ds_config: dict, gpus_per_node: int, nodes: int) ->
                                                            num_nodes=nodes)
         else:
             estimate_zero2_model_states_mem_needs_all_cold(total, num_gpus_per_node=gpus_per_node, num_nodes=nodes)
+    gpus = gpus_per_node * nodes
+    # mixed precision: 2 bytes per frozen parameter; 2 (weight) + 2 (grad) + 12 (fp32 master, Adam m and v) per
+    # trainable one. ZeRO-3 partitions everything; ZeRO-1/2 replicate the weights and partition the rest.
+    width = 4 if cfg.model.dtype == "fp32" else 2
+    frozen_weights = width * total / (gpus if stage == 3 else 1)
+    trainable_states = (width + 12) * trainable / gpus + (width * trainable / (gpus if stage >= 2 else 1))
+    frozen = (frozen_weights + trainable_states) / 2**30
     head = (f"model: {total / 1e9:.2f}B parameters (largest layer {largest / 1e6:.1f}M); about "
             f"{trainable / 1e6:.1f}M trainable (adapter rank {cfg.adapter.rank} + projectors); ZeRO-{stage}, "
             f"{nodes} node(s) x {gpus_per_node} GPU(s)\n"
-            "DeepSpeed's estimate below assumes every parameter trains; with a frozen backbone the optimizer "
-            "states shrink to the trainable share, so read it as an upper bound for the model states.\n")
+            f"frozen backbone ({cfg.model.dtype}): about {frozen:.2f} GB per GPU for model states, before activations\n"
+            "DeepSpeed's estimate below assumes every parameter trains: an upper bound for the model states.\n")
     return head + out.getvalue()

@@ -17,9 +17,13 @@ from pipeline.train.checkpoint import TRAINABLES, load_trainables
 from pipeline.train.config import RunConfig
 
 
-def check_stage1_run(stage1_run: Path) -> None:
-    """Fail early, in one line, when the stage-1 run has no projector weights."""
+def check_stage1_run(stage1_run: Path | None) -> None:
+    """Fail early, in one line, when stage 2 has no stage-1 run or the run has no projector weights."""
+    if stage1_run is None:
+        raise ValueError("stage1_run: stage 2 starts from a stage-1 run directory; set stage1_run=DIR")
     path = Path(stage1_run) / "final" / TRAINABLES
+    if not path.is_file():
+        raise ValueError(f"stage1_run: {stage1_run} has no final/{TRAINABLES} (is it a finished stage-1 run?)")
     with safe_open(str(path), framework="pt") as f:
         if not any(k.startswith("projectors.") for k in f.keys()):
             raise ValueError(f"stage1_run: {path} holds no projector weights (projectors.*)")
