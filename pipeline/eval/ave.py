@@ -22,6 +22,7 @@ from pipeline.eval.bench import BenchError, Item, check_exists, unique_phrase
 
 ID_FIELDS = ("video_id",)
 MODALITIES = frozenset({"visual", "audio"})
+POINT_METRICS: frozenset[str] = frozenset()
 SEGMENTS = 10
 BACKGROUND = "background"
 

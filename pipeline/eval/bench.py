@@ -3,6 +3,7 @@
 Each benchmark module (`mmbench`, `pope`, `music_avqa`, `ave`, `mme`) provides
     ID_FIELDS    the id fields of its prediction lines, in key order
     MODALITIES   the inputs it has ("visual", "audio"), for `--missing`
+    POINT_METRICS  metric names in points rather than fractions (MME's scores), shown as is in the table
     load(data, media_root) -> list[Item]     read the official format; `BenchError` on anything wrong
     score(items, texts) -> dict              metrics as fractions (MME scores: points, as the official tool)
 `load` checks every media path exists without decoding anything, so bad inputs fail before a model is loaded.

@@ -29,6 +29,7 @@ from pipeline.eval.bench import BenchError, Item, unique_phrase
 
 ID_FIELDS = ("index", "round")
 MODALITIES = frozenset({"visual"})
+POINT_METRICS: frozenset[str] = frozenset()
 LETTERS = "ABCDE"
 REQUIRED = ("index", "question", "hint", "A", "B", "C", "D", "answer", "category", "l2-category", "image")
 INSTRUCTION = "Answer with the option's letter from the given choices directly."

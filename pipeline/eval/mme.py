@@ -23,6 +23,7 @@ from pipeline.eval.bench import BenchError, Item, check_exists
 
 ID_FIELDS = ("question_id",)
 MODALITIES = frozenset({"visual"})
+POINT_METRICS = frozenset({"score", "perception", "cognition"})  # official points, not fractions
 PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark", "artwork", "OCR")
 COGNITION = ("commonsense_reasoning", "numerical_calculation", "text_translation", "code_reasoning")
 IMAGE_EXTENSIONS = (".jpg", ".png", ".jpeg", ".JPG", ".PNG", ".JPEG")

@@ -25,6 +25,7 @@ from pipeline.eval.bench import BenchError, Item, check_exists, unique_phrase
 
 ID_FIELDS = ("question_id",)
 MODALITIES = frozenset({"visual", "audio"})
+POINT_METRICS: frozenset[str] = frozenset()
 NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 OFFICIAL_ANSWERS = (
     "accordion", "acoustic_guitar", "bagpipe", "banjo", "bassoon", "cello", "clarinet", "congas", "drum",

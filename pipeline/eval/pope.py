@@ -22,6 +22,7 @@ from pipeline.eval.bench import BenchError, Item, check_exists
 
 ID_FIELDS = ("split", "question_id")
 MODALITIES = frozenset({"visual"})
+POINT_METRICS: frozenset[str] = frozenset()
 INSTRUCTION = "\nAnswer the question using a single word or phrase."
 PREFIX = "coco_pope_"
 
