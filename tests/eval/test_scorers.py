@@ -118,7 +118,8 @@ VOCAB = list(music_avqa.OFFICIAL_ANSWERS)
 
 @pytest.mark.parametrize("text, expected", [
     ("2", "two"), ("two", "two"), ("There are 2 instruments.", "two"), ("10", "ten"), ("11", None),
-    ("acoustic guitar", "acoustic_guitar"), ("acoustic_guitar", "acoustic_guitar"), ("Acoustic-Guitar.", "acoustic_guitar"),
+    ("acoustic guitar", "acoustic_guitar"), ("acoustic_guitar", "acoustic_guitar"),
+    ("Acoustic-Guitar.", "acoustic_guitar"),
     ("more than ten", "more than ten"), ("More than 10!", "more than ten"), ("Yes.", "yes"),
     ("<answer>Yes</answer> I think two", "yes"), ("yes, two", None), ("maybe", None), ("guitar", None),
     ("notice", None),
