@@ -12,7 +12,7 @@ Each benchmark module (`mmbench`, `pope`, `music_avqa`, `ave`, `mme`) provides
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +37,6 @@ class Item:
     video: Path | None = None
     audio: Path | None = None
     soundtrack: bool = False           # audio is the video's own track (no separate file)
-    meta: dict = field(default_factory=dict)
 
     @property
     def key(self) -> str:
