@@ -1,0 +1,73 @@
+"""Batched greedy generation (KV cache, left padding) over a benchmark's items, spread over ranks.
+
+The items are cut into batches of `batch_size` in file order and batch i goes to rank i mod world. A batch is
+therefore the same whatever the number of ranks, and so are its padding and its outputs: one process and N ranks
+give identical predictions.
+"""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from data_prep.record import SkipSample, _soundtrack_wav
+from pipeline.data.media import decode_audio, decode_image, decode_video
+from pipeline.eval.bench import CONDITIONS, BenchError, Item
+from pipeline.model.avllm import AVLLM
+from pipeline.model.processor import AVSample
+
+
+def _decode(path: Path | None, fn, *args):
+    try:
+        return fn(*args)
+    except SkipSample as exc:
+        raise BenchError(f"{path}: {exc.detail}") from None
+    except Exception as exc:  # decoders raise many types (DECORDError, soundfile and PIL errors)
+        raise BenchError(f"{path}: cannot decode ({type(exc).__name__}: {exc})") from None
+
+
+def build_sample(item: Item, num_frames: int, drop: frozenset[str]) -> AVSample:
+    """The item's prompt and decoded media; a dropped modality loses its media and its placeholder."""
+    tags, images, video, audio = [], [], None, None
+    if "visual" not in drop:
+        if item.image is not None or item.image_b64 is not None:
+            data = item.image.read_bytes() if item.image is not None else base64.b64decode(item.image_b64)
+            images.append(_decode(item.image, decode_image, data))
+            tags.append("<image>")
+        if item.video is not None:
+            video = _decode(item.video, decode_video, item.video.read_bytes(), num_frames)
+            tags.append("<video>")
+    if "audio" not in drop and item.has_audio:
+        source = item.audio or item.video
+        data = source.read_bytes() if item.audio else _decode(source, _soundtrack_wav, source.read_bytes(), source)
+        audio = _decode(source, decode_audio, data)
+        tags.append("<audio>")
+    prompt = "\n".join(tags + [item.prompt])
+    return AVSample(conversations=[{"from": "human", "value": prompt}], images=images, video=video, audio=audio,
+                    meta={"id": item.key})
+
+
+def rank_batches(n_items: int, batch_size: int, rank: int, world: int) -> list[range]:
+    starts = range(0, n_items, batch_size)
+    return [range(s, min(s + batch_size, n_items)) for i, s in enumerate(starts) if i % world == rank]
+
+
+@torch.no_grad()
+def generate(model: AVLLM, items: list[Item], conditions: dict[str, str], batch_size: int, max_new_tokens: int,
+             rank: int = 0, world: int = 1, desc: str = "eval") -> dict[str, str]:
+    """{item key: generated text} for this rank's batches (a progress bar on rank 0)."""
+    processor = model.build_processor()
+    device = next(model.parameters()).device
+    out = {}
+    for batch in tqdm(rank_batches(len(items), batch_size, rank, world), desc=desc, disable=rank != 0):
+        picked = [items[i] for i in batch]
+        samples = [build_sample(item, model.config.num_frames, CONDITIONS[conditions[item.group]]) for item in picked]
+        inputs = processor(samples, padding_side="left")
+        inputs.pop("labels")
+        inputs = {k: v.to(device) for k, v in inputs.items() if v is not None}
+        texts = model.decode(model.generate(**inputs, max_new_tokens=max_new_tokens))
+        out.update({item.key: text for item, text in zip(picked, texts)})
+    return out

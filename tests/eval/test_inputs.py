@@ -1,0 +1,165 @@
+"""Bad inputs fail with one line naming the culprit, before any model is loaded; the real official files load."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from launch.eval import main
+from pipeline.eval import mme, music_avqa, pope
+from pipeline.eval.bench import CONDITIONS
+from pipeline.eval.generate import build_sample, rank_batches
+from pipeline.model.avllm import AVLLM
+from tests.eval.conftest import SHARED
+from tests.eval.test_scorers import row, write_tsv
+
+
+@pytest.fixture(autouse=True)
+def no_model(monkeypatch):
+    """Any attempt to load a model fails the test: every error here must come first."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+    monkeypatch.setattr(AVLLM, "from_pretrained", refuse)
+
+
+def error_line(capsys, argv: list[str]) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("error: ")
+    return err
+
+
+def test_tsv_missing_a_column(tmp_path, capsys, checkpoint):
+    tsv = write_tsv(tmp_path / "mmb.tsv", [row(1, "A", "pets")], drop="category")
+    err = error_line(capsys, ["--model", str(checkpoint), "--bench", "mmbench", "--data", str(tsv)])
+    assert err == f"error: {tsv}: the MMBench TSV lacks the column(s) category"
+
+
+def test_image_path_that_does_not_exist(tmp_path, capsys, checkpoint, bench_data):
+    data = Path(bench_data["pope"][1])
+    err = error_line(capsys, ["--model", str(checkpoint), "--bench", "pope", "--data", str(data),
+                              "--media-root", str(tmp_path)])
+    assert err.startswith(f"error: POPE image not found: {tmp_path}/COCO_val2014_") and "question_id" in err
+    assert "missing in all" in err
+
+
+def test_predictions_with_unknown_ids(tmp_path, capsys, bench_data):
+    predictions = tmp_path / "predictions.jsonl"
+    lines = [{"question_id": q, "text": "yes"} for q in (13, 14, 999, 1000)]
+    predictions.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    err = error_line(capsys, ["--bench", "music_avqa", *bench_data["music_avqa"], "--predictions", str(predictions)])
+    assert err == f"error: {predictions}: 2 prediction(s) with unknown ids: question_id=999, question_id=1000"
+
+
+@pytest.mark.parametrize("lines, message", [
+    ([{"question_id": 13}], "not a prediction line"),
+    ([{"question_id": 13, "text": "a"}, {"question_id": 13, "text": "b"}], "1 id(s) predicted twice: question_id=13"),
+    ([{"question_id": 13, "text": "a"}],
+     "no prediction for 11 item(s): question_id=14, question_id=15, question_id=16, ..."),
+])
+def test_predictions_file_problems(tmp_path, capsys, bench_data, lines, message):
+    predictions = tmp_path / "p.jsonl"
+    predictions.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert message in error_line(capsys, ["--bench", "music_avqa", *bench_data["music_avqa"],
+                                          "--predictions", str(predictions)])
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--missing", "audio", "--missing-rate", "0.5"], "--missing audio: pope has no audio input"),
+    (["--missing", "visual"], "--missing and --missing-rate go together"),
+    (["--missing", "visual", "--missing-rate", "1.5"], "--missing-rate must be in (0, 1]"),
+])
+def test_bad_options(capsys, checkpoint, bench_data, extra, message):
+    argv = ["--model", str(checkpoint), "--bench", "pope", *bench_data["pope"], *extra]
+    assert message in error_line(capsys, argv)
+
+
+def test_not_a_checkpoint(tmp_path, capsys, bench_data):
+    err = error_line(capsys, ["--model", str(tmp_path), "--bench", "mme", *bench_data["mme"]])
+    assert err == f"error: {tmp_path}: not an AVLLM checkpoint (no avllm.json)"
+
+
+def test_missing_video_and_mme_image(tmp_path, capsys, bench_data):
+    err = error_line(capsys, ["--bench", "music_avqa", *bench_data["music_avqa"], "--media-root", str(tmp_path),
+                              "--predictions", str(tmp_path / "p.jsonl")])
+    assert err.startswith(f"error: MUSIC-AVQA video not found: {tmp_path}/videos/")
+    err = error_line(capsys, ["--bench", "mme", *bench_data["mme"], "--media-root", str(tmp_path),
+                              "--predictions", str(tmp_path / "p.jsonl")])
+    assert err.startswith(f"error: MME image not found: {tmp_path}/color/")
+
+
+def test_dropping_a_modality_removes_media_and_placeholder(bench_data):
+    items = music_avqa.load(Path(bench_data["music_avqa"][1]))
+    with_track = next(i for i in items if i.soundtrack)      # audio from the mp4's own track
+    full = build_sample(with_track, 4, CONDITIONS["complete"])
+    assert full.conversations[0]["value"].startswith("<video>\n<audio>\n") and full.audio is not None
+    no_audio = build_sample(with_track, 4, CONDITIONS["audio-missing"])
+    assert no_audio.audio is None and "<audio>" not in no_audio.conversations[0]["value"]
+    no_video = build_sample(items[1], 4, CONDITIONS["visual-missing"])
+    assert no_video.video is None and no_video.conversations[0]["value"].startswith("<audio>\n")
+
+
+def test_batches_are_the_same_on_any_number_of_ranks():
+    single = rank_batches(10, 3, 0, 1)
+    spread = [rank_batches(10, 3, r, 2) for r in range(2)]
+    assert sorted(spread[0] + spread[1], key=lambda r: r.start) == single == [range(0, 3), range(3, 6), range(6, 9),
+                                                                              range(9, 10)]
+
+
+needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} (the shared official annotation files) "
+                                                               "is absent in this clone")
+
+
+def touch(paths: set[Path]) -> None:
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+
+
+@needs_shared
+def test_real_music_avqa_file(tmp_path):
+    data = SHARED / "music-avqa" / "avqa-test.json"
+    entries = json.loads(data.read_text())
+    touch({tmp_path / "videos" / f"{e['video_id']}.mp4" for e in entries})
+    items = music_avqa.load(data, tmp_path)
+    assert len(items) == 9129 and all(i.soundtrack for i in items)
+    first = next(i for i in items if i.fields["question_id"] == 28)
+    assert first.prompt == "Is the violin in the video always playing?" and first.gold["answer"] == "no"
+    assert not any("<" in i.prompt for i in items)
+    golds = [i.gold["answer"] for i in items]
+    assert music_avqa.score(items, golds)["overall"] == 1.0
+    spaced = [g.replace("_", " ") for g in golds]                     # "acoustic guitar" for acoustic_guitar
+    metrics = music_avqa.score(items, spaced)
+    assert metrics["overall"] == 1.0 and metrics["unparsable"] == 0.0
+    assert Counter(i.gold["subtype"] for i in items)["Audio-Visual/Temporal"] == 822
+    assert list(metrics["subtype"]) == list(music_avqa.SUBTYPES)
+
+
+@needs_shared
+def test_real_pope_files(tmp_path):
+    folder = SHARED / "pope"
+    images = {json.loads(line)["image"] for path in folder.glob("coco_pope_*.json")
+              for line in path.read_text().splitlines()}
+    touch({tmp_path / name for name in images})
+    items = pope.load(folder, tmp_path)
+    assert len(items) == 9000 and Counter(i.fields["split"] for i in items)["adversarial"] == 3000
+    metrics = pope.score(items, ["No." if i.gold["label"] == "no" else "Yes" for i in items])
+    assert all(m["accuracy"] == 1.0 for m in metrics.values())
+    always_yes = pope.score(items, ["Yes, there is."] * len(items))
+    assert always_yes["random"] == {"accuracy": 0.5, "precision": 0.5, "recall": 1.0, "f1": 2 / 3, "yes_ratio": 1.0}
+
+
+def test_mme_layouts(bench_data, tmp_path):
+    """The release layout (nested and flat) and the eval_tool lists give the same items."""
+    release = Path(bench_data["mme"][1])
+    items = mme.load(release)
+    assert Counter(i.gold["task"] for i in items) == {"color": 8, "artwork": 8, "code_reasoning": 8}
+    assert items[0].image.is_file() and items[0].gold["answer"] == "yes"
+    for task in ("color", "artwork", "code_reasoning"):
+        (tmp_path / f"{task}.txt").write_text("".join(f"{i.image.name}\t{i.prompt}\t{i.gold['answer']}\n"
+                                                      for i in items if i.gold["task"] == task))
+    listed = mme.load(tmp_path, release)
+    assert [(i.image, i.prompt, i.gold) for i in listed] == [(i.image, i.prompt, i.gold) for i in items]
