@@ -8,13 +8,17 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import numpy as np
 import pytest
 from transformers.utils import logging as hf_logging
 
+from data_prep import synthetic, synthetic_bench
 from data_prep.shard import write_shards
 from data_prep.synthetic import generate
 from pipeline.config import load_config
+from pipeline.model.avllm import AVLLM
 from pipeline.model.config import ModelConfig
 from pipeline.model.tiny import write_tiny
 
@@ -60,3 +64,28 @@ def train_data(tmp_path_factory, tiny_components) -> dict:
         write_shards(source, raw[source], "train", root / "shards" / source / "train", maxcount=8, progress=False)
     components = tiny_components("llama").parent
     return {"root": root, "shards": root / "shards", "components": components}
+
+
+@pytest.fixture(scope="session")
+def bench_data(tmp_path_factory) -> dict[str, list[str]]:
+    """{benchmark: the --data/--media-root arguments} of small synthetic files with real media."""
+    root = tmp_path_factory.mktemp("bench")
+    paths = synthetic_bench.generate(root, n=4, seed=0)
+    for i, name in enumerate(("music_avqa", "ave")):
+        (root / name).mkdir()
+        getattr(synthetic, name)(root / name, 4, np.random.default_rng([0, i]))
+    return {
+        "mmbench": ["--data", str(paths["mmbench"])],
+        "pope": ["--data", str(paths["pope"]), "--media-root", str(paths["pope"] / "images")],
+        "music_avqa": ["--data", str(root / "music_avqa" / "avqa-test.json")],
+        "ave": ["--data", str(root / "ave")],
+        "mme": ["--data", str(paths["mme"])],
+    }
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory, tiny_model_config) -> Path:
+    """A tiny random model saved as a merged checkpoint would be."""
+    path = tmp_path_factory.mktemp("ckpt")
+    AVLLM.from_config(tiny_model_config("llama")).save_pretrained(path)
+    return path

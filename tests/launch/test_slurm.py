@@ -1,8 +1,8 @@
 """launch/slurm/*.sbatch on a real two-node SLURM cluster (two slurmd on this machine), 2 nodes x 1 CPU rank.
 
-The train job runs the real `launch/train.py` (stage 1 of the demo config on synthetic shards) and must end with the
-same trainable weights as the same run launched directly with `deepspeed --num_gpus 2`. The eval job still runs a
-stand-in entry with eval.py's command line (`tests/launch/allreduce_entry.py`).
+The train job runs `launch/train.py` (stage 1 of the demo config on synthetic shards) and must end with the same
+trainable weights as the same run launched directly with `deepspeed --num_gpus 2`; the eval job runs `launch/eval.py`
+(POPE on a tiny checkpoint) and must write the predictions and metrics of a single-process run.
 """
 
 from __future__ import annotations
@@ -27,8 +27,6 @@ from tests.train.conftest import common_overrides, launch_env
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-EVAL_ENTRY = "tests/launch/allreduce_entry.py"
-EVAL_CONFIG = {"world_size": 2, "steps": 3, "lr": 0.1, "seed": 0}
 TRAIN_CONFIG = ROOT / "configs/demo/stage1.yaml"
 JOB_TIMEOUT = 180
 
@@ -39,8 +37,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def read_result(out_dir: Path) -> dict:
-    return json.loads((out_dir / "result.json").read_text())
+def read_eval(out_dir: Path) -> dict:
+    return {"metrics": json.loads((out_dir / "metrics.json").read_text()),
+            "predictions": (out_dir / "predictions.jsonl").read_text()}
 
 
 def read_run(out_dir: Path) -> dict:
@@ -62,13 +61,6 @@ def cluster() -> Iterator[dict[str, str]]:
         yield env
 
 
-@pytest.fixture(scope="module")
-def config_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("slurm-config") / "config.json"
-    path.write_text(json.dumps(EVAL_CONFIG))
-    return path
-
-
 @dataclass
 class Launch:
     """One launch running in the background: its command, where rank 0 writes, its logs (job log last)."""
@@ -78,7 +70,7 @@ class Launch:
     logs: list[Path]
     proc: subprocess.Popen
 
-    def result(self, read=read_result) -> dict:
+    def result(self, read) -> dict:
         """Wait for the launch; fail with the log tail unless it exited 0; return what `read` reads of its output."""
         try:
             rc = self.proc.wait(timeout=JOB_TIMEOUT)
@@ -103,29 +95,31 @@ def start(cmd: list[str], env: dict[str, str], out_dir: Path, output: Path, *mor
     return Launch(cmd, out_dir, [output, *more_logs], proc)
 
 
-def sbatch(cluster: dict[str, str], script: str, entry: str, config: Path, tmp: Path, name: str,
-           *overrides: str) -> Launch:
+def sbatch(cluster: dict[str, str], script: str, tmp: Path, name: str, *args: str, **env_extra: str) -> Launch:
     """Submit a script from the repo root on 2 nodes x 1 CPU rank; `sbatch --wait` exits with the job's code."""
-    env = {**run_env(cluster), "ENTRY": entry, "CONFIG": str(config), "GPUS_PER_NODE": "1"}
+    env = {**run_env(cluster), "GPUS_PER_NODE": "1", **env_extra}
     log = tmp / f"{name}.log"
     cmd = ["sbatch", "--wait", "--nodes=2", "--gpus-per-node=0", "--cpus-per-task=1", "--partition=test",
-           "--time=5", f"--output={log}", script, *overrides]
+           "--time=5", f"--output={log}", script, *args]
     return start(cmd, env, tmp / name, tmp / f"{name}.sbatch.out", log)
 
 
 @pytest.fixture(scope="module")
-def launches(cluster, config_file, train_data, tmp_path_factory) -> dict[str, Launch]:
-    """Both jobs (1 CPU per node each, so they run side by side) and the direct launch, all started at once."""
+def launches(cluster, train_data, bench_data, checkpoint, tmp_path_factory) -> dict[str, Launch]:
+    """Both jobs (1 CPU per node each, so they run side by side) and the direct launches, all started at once."""
     tmp = tmp_path_factory.mktemp("slurm-runs")
-    train_args = common_overrides(train_data, tmp / "direct", max_steps=3)
-    direct_cmd = [f"{sys.prefix}/bin/deepspeed", "--num_gpus", "2", "--master_port", str(free_port()),
-                  "launch/train.py", "--config", str(TRAIN_CONFIG), *train_args]
+    train_direct = [f"{sys.prefix}/bin/deepspeed", "--num_gpus", "2", "--master_port", str(free_port()),
+                    "launch/train.py", "--config", str(TRAIN_CONFIG), *common_overrides(train_data, tmp / "direct",
+                                                                                        max_steps=3)]
+    pope = ["--model", str(checkpoint), "--bench", "pope", *bench_data["pope"], "--max-new-tokens", "3"]
+    eval_direct = [sys.executable, "launch/eval.py", *pope, "--out", str(tmp / "eval-direct")]
+    env = run_env(launch_env())
     running = {
-        "train": sbatch(cluster, "launch/slurm/train.sbatch", "launch/train.py", TRAIN_CONFIG, tmp, "train",
-                        *common_overrides(train_data, tmp / "train", max_steps=3)),
-        "eval": sbatch(cluster, "launch/slurm/eval.sbatch", EVAL_ENTRY, config_file, tmp, "eval", "steps=0",
-                       f"out_dir={tmp / 'eval'}"),
-        "direct": start(direct_cmd, run_env(launch_env()), tmp / "direct", tmp / "direct.log"),
+        "train": sbatch(cluster, "launch/slurm/train.sbatch", tmp, "train",
+                        *common_overrides(train_data, tmp / "train", max_steps=3), CONFIG=str(TRAIN_CONFIG)),
+        "eval": sbatch(cluster, "launch/slurm/eval.sbatch", tmp, "eval", *pope, "--out", str(tmp / "eval")),
+        "direct": start(train_direct, env, tmp / "direct", tmp / "direct.log"),
+        "eval-direct": start(eval_direct, env, tmp / "eval-direct", tmp / "eval-direct.log"),
     }
     yield running
     for launch in running.values():
@@ -146,9 +140,8 @@ def test_train_sbatch_two_nodes_matches_direct_launch(launches):
     assert "master nodeA (127.0.0.1:" in log
 
 
-def test_eval_sbatch_two_nodes(launches):
-    result = launches["eval"].result()
-    assert result["world_size"] == 2 and result["allreduce"] == 3.0
-    assert [p["node"] for p in result["placement"]] == ["0", "1"]
-    # The master is nodeA reached at its NodeAddr (the test nodes' names don't resolve).
-    assert "master nodeA (127.0.0.1:" in launches["eval"].logs[-1].read_text()
+def test_eval_sbatch_two_nodes_matches_one_process(launches):
+    slurm = launches["eval"].result(read_eval)
+    direct = launches["eval-direct"].result(read_eval)
+    assert slurm == direct
+    assert "2 nodes x 1 ranks" in launches["eval"].logs[-1].read_text()
