@@ -83,9 +83,11 @@ def make_run(model_cfg, run: Path) -> None:
 
 def timed_merge(run: Path, out: Path) -> tuple[float, float]:
     """(seconds, peak RSS MB) of `launch/merge.py` in a fresh child process (imports excluded from the seconds)."""
-    code = ("import resource, sys, time; sys.path.insert(0, sys.argv[3]); from pipeline.merge import merge_run; "
-            "t = time.perf_counter(); merge_run(sys.argv[1], sys.argv[2]); "
-            "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+    # VmHWM, not ru_maxrss: Linux carries the forking parent's peak into the child's ru_maxrss across exec
+    code = ("import re, sys, time; sys.path.insert(0, sys.argv[3]); from pipeline.merge import merge_run; "
+            "t = time.perf_counter(); merge_run(sys.argv[1], sys.argv[2]); s = time.perf_counter() - t; "
+            "hwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1); "
+            "print(s, int(hwm) / 1024)")
     proc = subprocess.run([sys.executable, "-c", code, str(run), str(out), str(REPO)], capture_output=True,
                           text=True, check=True, env={"OMP_NUM_THREADS": "2", "TOKENIZERS_PARALLELISM": "false",
                                                       "PATH": "/usr/bin:/bin"})
