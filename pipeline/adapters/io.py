@@ -30,11 +30,17 @@ CONFIG_FILE, WEIGHTS_FILE = "adapter.json", "adapter.safetensors"
 
 def save_adapter(model: nn.Module, path: str | Path, cfg: AdapterConfig) -> None:
     """Write the adapter of `model` (attached with `cfg`) to directory `path`."""
+    write_adapter(path, cfg, list(adapter_layers(model)), adapter_state(model))
+
+
+def write_adapter(path: str | Path, cfg: AdapterConfig, layers: list[str], state: dict[str, torch.Tensor]) -> None:
+    """Write the adapter files from its tensors (keyed by full name) without a model: the merge's
+    `--keep-adapters` takes them straight from a run's export."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in adapter_state(model).items()}
+    state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     save_file(state, str(path / WEIGHTS_FILE), metadata={"format": FORMAT})
-    meta = {"format": FORMAT, "adapter": to_dict(cfg), "layers": list(adapter_layers(model))}
+    meta = {"format": FORMAT, "adapter": to_dict(cfg), "layers": layers}
     (path / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
 
 

@@ -9,6 +9,8 @@ Saved layout (`save_pretrained`), readable by `from_pretrained` and, for `llm/`,
     llm/                     transformers causal LM + tokenizer (media tokens and chat template included)
     vision/, audio/          encoder weights + their image processor / feature extractor
     projectors.safetensors   the projectors' weights
+    adapter/                 optional: an adapter kept unmerged (`launch/merge.py --keep-adapters`), in the format of
+                             `pipeline.adapters.io`; `from_pretrained` attaches it
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from pipeline.adapters.io import load_adapter
 from pipeline.config import from_dict, to_dict
 from pipeline.model.config import ModelConfig
 from pipeline.model.encoders import VisionTower, load_audio_tower
@@ -32,6 +35,7 @@ from pipeline.model.projectors import build_projector, tokens_out
 
 CONFIG_FILE = "avllm.json"
 PROJECTORS_FILE = "projectors.safetensors"
+ADAPTER_DIR = "adapter"
 
 
 def load_tokenizer(cfg: ModelConfig):
@@ -51,12 +55,15 @@ def load_tokenizer(cfg: ModelConfig):
 
 
 class AVLLM(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, llm: PreTrainedModel | None = None) -> None:
+        """Compose from the paths in `cfg`; `llm` replaces loading `cfg.llm` (the merge passes a meta-device
+        skeleton so that a 7B LLM is never materialised: it streams the LLM's weights itself)."""
         super().__init__()
         self.config = cfg
         dtype = cfg.torch_dtype
         self.tokenizer = load_tokenizer(cfg)
-        self.llm = AutoModelForCausalLM.from_pretrained(cfg.llm, dtype=dtype, attn_implementation=cfg.attn_implementation)
+        self.llm = llm if llm is not None else AutoModelForCausalLM.from_pretrained(
+            cfg.llm, dtype=dtype, attn_implementation=cfg.attn_implementation)
         self._add_token_rows(len(self.tokenizer))
         width = self.llm.config.get_text_config().hidden_size
         self.vision = VisionTower(cfg.vision, cfg.vision_feature_layer, cfg.vision_pool, dtype) if cfg.vision else None
@@ -99,7 +106,7 @@ class AVLLM(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, **overrides) -> "AVLLM":
-        """Load a directory written by `save_pretrained` (e.g. a merged checkpoint)."""
+        """Load a directory written by `save_pretrained` (e.g. a merged checkpoint), with its kept adapter if any."""
         path = Path(path)
         if not (path / CONFIG_FILE).is_file():
             raise FileNotFoundError(f"{path}: not an AVLLM checkpoint (no {CONFIG_FILE})")
@@ -110,20 +117,25 @@ class AVLLM(nn.Module):
         data.update(overrides)
         model = cls(from_dict(ModelConfig, data, where=str(path / CONFIG_FILE)))
         model.projectors.load_state_dict(load_file(path / PROJECTORS_FILE))
+        if (path / ADAPTER_DIR).is_dir():
+            load_adapter(model, path / ADAPTER_DIR)
         return model
 
-    def save_pretrained(self, path: str | Path) -> None:
+    def save_pretrained(self, path: str | Path, llm_weights: bool = True, max_shard_size: str = "2GB") -> None:
+        """Write the layout in the module docstring. `llm_weights=False` leaves out the LLM's config and weights
+        (the merge streams them into `llm/` itself) but still writes the tokenizer there."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self.llm.save_pretrained(path / "llm")
+        if llm_weights:
+            self.llm.save_pretrained(path / "llm", max_shard_size=max_shard_size)
         self.tokenizer.save_pretrained(path / "llm")
         cfg = dataclasses.replace(self.config, llm=Path("llm"), tokenizer=None, chat_template=None)
         if self.vision is not None:
-            self.vision.encoder.save_pretrained(path / "vision")
+            self.vision.encoder.save_pretrained(path / "vision", max_shard_size=max_shard_size)
             self.vision.build_preprocessor().save_pretrained(path / "vision")
             cfg.vision = Path("vision")
         if self.audio is not None:
-            self.audio.encoder.save_pretrained(path / "audio")
+            self.audio.encoder.save_pretrained(path / "audio", max_shard_size=max_shard_size)
             self.audio.build_preprocessor().save_pretrained(path / "audio")
             cfg.audio = Path("audio")
         save_file({k: v.contiguous() for k, v in self.projectors.state_dict().items()}, path / PROJECTORS_FILE)

@@ -1,0 +1,198 @@
+"""launch/merge.py: merged == trained, stock transformers loads llm/, keep-adapters, atomic output, one-line errors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from pipeline.adapters import ADAPTERS, AdapterConfig, AdapterLinear, adapter_layers
+from pipeline.adapters.config import OPTIONS
+from pipeline.adapters.lora import LoRALinear
+from pipeline.merge import PAUSE_ENV, MergeError, merge_run
+from pipeline.model.avllm import AVLLM
+from pipeline.model.processor import PLACEHOLDERS, AVSample
+from tests.merge.conftest import make_run
+from tests.model.conftest import mixed_samples
+
+REPO = Path(__file__).resolve().parents[2]
+TOWERS = ["llm", "vision", "audio"]
+# every mergeable adapter on the LLM, plus LoRA and IMoD on the encoder towers too
+CASES = [(n, ["llm"]) for n, cls in ADAPTERS.items() if cls.mergeable] + [("lora", TOWERS), ("imod", TOWERS)]
+
+
+def logits(model: AVLLM, samples: list[AVSample]) -> torch.Tensor:
+    with torch.no_grad():
+        return model(**model.build_processor()(samples)).logits
+
+
+def plain(model: AVLLM) -> bool:
+    return not any(isinstance(m, AdapterLinear) for m in model.modules())
+
+
+@pytest.mark.parametrize("name, scope", CASES, ids=[f"{n}-{'+'.join(s)}" for n, s in CASES])
+def test_merged_logits_equal_trained_on_a_mixed_batch(tmp_path, tiny_model_config, name, scope):
+    cfg = tiny_model_config("llama")
+    run, trained = make_run(tmp_path / "run", cfg, AdapterConfig(name=name, rank=4, scope=scope))
+    merged = AVLLM.from_pretrained(merge_run(run, tmp_path / "out")).eval()
+    assert plain(merged)
+    adapted = {name.split(".")[0] for name in adapter_layers(trained)}
+    assert adapted == set(scope)
+    expected = logits(trained, mixed_samples())
+    assert not torch.allclose(expected, logits(AVLLM.from_config(cfg).eval(), mixed_samples()), atol=1e-3)
+    torch.testing.assert_close(logits(merged, mixed_samples()), expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["lora", "bitfit"])
+def test_stock_transformers_loads_llm_with_the_merged_weights_and_logits(tmp_path, tiny_model_config, name):
+    """BitFit on a bias-free Llama: the merge switches on attention_bias/mlp_bias so stock transformers keeps them."""
+    run, _ = make_run(tmp_path / "run", tiny_model_config("llama"), AdapterConfig(name=name, rank=4, scope=["llm"]))
+    out = merge_run(run, tmp_path / "out", shard_bytes=64 * 2**10)  # small shards: exercises the index
+    assert (out / "llm/model.safetensors.index.json").is_file()
+    merged = AVLLM.from_pretrained(out).eval()
+    stock = AutoModelForCausalLM.from_pretrained(out / "llm").eval()
+    ours = merged.llm.state_dict()
+    theirs = stock.state_dict()
+    assert ours.keys() == theirs.keys()
+    for key, tensor in ours.items():
+        torch.testing.assert_close(theirs[key], tensor, rtol=0, atol=0)
+    tokenizer = AutoTokenizer.from_pretrained(out / "llm")
+    assert all(tokenizer.convert_tokens_to_ids(p) == merged.token_id[p] for p in PLACEHOLDERS)
+    batch = merged.build_processor()(mixed_samples()[3:])
+    with torch.no_grad():
+        expected = merged(**batch).logits
+        got = stock(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
+def test_greedy_generation_of_the_merged_checkpoint_equals_the_trained_model(tmp_path, lora_run):
+    run, trained = lora_run
+    merged = AVLLM.from_pretrained(merge_run(run, tmp_path / "out")).eval()
+    batch = trained.build_processor()(mixed_samples(generation=True), padding_side="left")
+    expected = trained.generate(**batch, max_new_tokens=8)
+    assert torch.equal(merged.generate(**batch, max_new_tokens=8), expected)
+
+
+def test_manifest_names_source_adapter_base_dtype_and_file_hashes(tmp_path, lora_run):
+    run, trained = lora_run
+    out = merge_run(run, tmp_path / "out", dtype="bf16")
+    manifest = json.loads((out / "merge.json").read_text())
+    assert manifest["source_run"] == str(run.resolve()) and manifest["merged"] is True
+    assert manifest["adapter"]["name"] == "lora" and manifest["adapter"]["config"]["rank"] == 4
+    assert manifest["base"]["llm"] == str(Path(trained.config.llm).resolve())
+    assert manifest["dtype"] == "bf16"
+    weights = out / "llm/model.safetensors"
+    assert manifest["files"]["llm/model.safetensors"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert {"avllm.json", "projectors.safetensors", "llm/tokenizer.json", "vision/model.safetensors"} <= set(
+        manifest["files"])
+    with safe_open(str(weights), framework="pt") as f:
+        assert all(f.get_tensor(k).dtype == torch.bfloat16 for k in f.keys())
+    merged = AVLLM.from_pretrained(out).eval()
+    assert merged.llm.dtype == torch.bfloat16 and merged.config.dtype == "bf16"
+    batch = merged.build_processor()(mixed_samples(generation=True), padding_side="left")
+    assert merged.generate(**batch, max_new_tokens=4).shape[0] == 4
+
+
+def test_keep_adapters_round_trip_gives_the_unmerged_logits(tmp_path, lora_run):
+    run, trained = lora_run
+    out = merge_run(run, tmp_path / "out", keep_adapters=True)
+    assert json.loads((out / "merge.json").read_text())["merged"] is False
+    loaded = AVLLM.from_pretrained(out).eval()
+    assert not plain(loaded)
+    torch.testing.assert_close(logits(loaded, mixed_samples()), logits(trained, mixed_samples()), rtol=0, atol=1e-5)
+
+
+class RoutedLinear(LoRALinear):
+    """Stand-in for a routed / token-dependent adapter (MokA, LoRAMoE, ...): LoRA marked non-mergeable."""
+
+    mergeable = False
+
+
+def test_non_mergeable_adapter_is_refused_and_kept_with_keep_adapters(tmp_path, tiny_model_config, monkeypatch):
+    """No non-mergeable adapter exists yet (Adapters II), so the test registers one for its duration."""
+    monkeypatch.setitem(ADAPTERS, "routed", RoutedLinear)
+    monkeypatch.setitem(OPTIONS, "routed", {})
+    run, trained = make_run(tmp_path / "run", tiny_model_config("llama"), AdapterConfig(name="routed", rank=4,
+                                                                                         scope=["llm"]))
+    with pytest.raises(MergeError, match="cannot be merged.*--keep-adapters"):
+        merge_run(run, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not (tmp_path / ".out.partial").exists()
+    loaded = AVLLM.from_pretrained(merge_run(run, tmp_path / "out", keep_adapters=True)).eval()
+    assert all(type(m) is RoutedLinear for m in loaded.modules() if isinstance(m, AdapterLinear))
+    torch.testing.assert_close(logits(loaded, mixed_samples()), logits(trained, mixed_samples()), rtol=0, atol=1e-5)
+
+
+def test_checkpoint_option_merges_a_complete_checkpoint_export(tmp_path, tiny_model_config):
+    cfg = tiny_model_config("llama")
+    adapter = AdapterConfig(name="lora", rank=4, scope=["llm"])
+    run, _ = make_run(tmp_path / "run", cfg, adapter, seed=1)
+    step, at_step = make_run(tmp_path / "run/checkpoints/step-2", cfg, adapter, seed=2)
+    (step / "final").rename(step / "export")
+    with pytest.raises(MergeError, match="not a complete checkpoint"):
+        merge_run(run, tmp_path / "out", checkpoint="step-2")
+    (step / "COMPLETE").write_text("{}")
+    merged = AVLLM.from_pretrained(merge_run(run, tmp_path / "out", checkpoint="step-2")).eval()
+    torch.testing.assert_close(logits(merged, mixed_samples()[3:]), logits(at_step, mixed_samples()[3:]),
+                               rtol=0, atol=1e-5)
+
+
+# ---- the command line (subprocesses) ----------------------------------------------------------------------------
+
+
+def merge_cmd(*args) -> list[str]:
+    return [sys.executable, str(REPO / "launch/merge.py"), *map(str, args)]
+
+
+def cli_env(**extra) -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **extra}
+
+
+def test_bad_run_dir_and_existing_out_are_one_line_errors(tmp_path, lora_run):
+    run, _ = lora_run
+    bad = tmp_path / "nope"
+    proc = subprocess.run(merge_cmd("--run", bad, "--out", tmp_path / "o1"), env=cli_env(), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and str(bad) in proc.stderr
+    with pytest.raises(MergeError, match=r"final: no trainables.safetensors"):
+        (tmp_path / "empty-run").mkdir()
+        (tmp_path / "empty-run/config.yaml").write_text((run / "config.yaml").read_text())
+        merge_run(tmp_path / "empty-run", tmp_path / "o2")
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "keep.txt").write_text("mine")
+    proc = subprocess.run(merge_cmd("--run", run, "--out", existing), env=cli_env(), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and "already exists; pass --force" in proc.stderr
+    assert (existing / "keep.txt").read_text() == "mine"
+    assert merge_run(run, existing, force=True) == existing and not (existing / "keep.txt").exists()
+
+
+def test_sigkill_midway_leaves_no_out_dir(tmp_path, lora_run):
+    """Killed at the test hook's pause (everything written, before the rename): OUT must not exist; the next merge
+    clears the partial directory and succeeds."""
+    run, _ = lora_run
+    out = tmp_path / "out"
+    proc = subprocess.Popen(merge_cmd("--run", run, "--out", out), env=cli_env(**{PAUSE_ENV: "120"}),
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    try:
+        for line in proc.stderr:
+            if line.startswith("paused before rename"):
+                break
+        assert (tmp_path / ".out.partial/merge.json").is_file()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    assert not out.exists()
+    merge_run(run, out)
+    assert (out / "merge.json").is_file() and not (tmp_path / ".out.partial").exists()
