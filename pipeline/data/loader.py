@@ -26,6 +26,7 @@ from collections.abc import Iterator
 import torch
 
 from pipeline.data.config import DataConfig
+from pipeline.data.media import warm_up
 from pipeline.data.plan import EpochPlan, epoch_plan, resolve_all
 from pipeline.data.stream import Processor, WorkerStream
 
@@ -60,6 +61,7 @@ class ShardLoader:
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"data: rank {self.rank} is outside world size {self.world_size}")
         self.shards = resolve_all(cfg)
+        warm_up()
         self.epoch = 0
         self.step = 0
         self.workers: dict[int, dict] = {}

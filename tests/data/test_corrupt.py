@@ -92,4 +92,4 @@ def test_decoder_never_unpickles_even_when_pointed_at_a_pickle(shards, tmp_path)
     except CorruptSample as exc:
         assert exc.reason == "bad_audio"
     assert not marker.exists()
-    assert not allowed_file("x.pyd") and not allowed_file("x.pickle") and allowed_file("x.f001.jpg")
+    assert not allowed_file("x.pyd") and not allowed_file("x.pickle") and allowed_file("x.frames.jpg")

@@ -63,7 +63,7 @@ def test_predecode_stores_frames_and_16k_flac(raw, tmp_path):
     index = shard.write_shards("llava", raw["llava"], "test", tmp_path, predecode=True, num_frames=4, progress=False)
     names = [n for s in index["shards"] for n in _tar_names(tmp_path / s["name"])]
     assert not [n for n in names if n.endswith((".mp4", ".wav"))]
-    assert any(n.endswith(".f003.jpg") for n in names) and any(n.endswith(".flac") for n in names)
+    assert any(n.endswith(".frames.jpg") for n in names) and any(n.endswith(".flac") for n in names)
     assert index["predecoded"] and index["num_frames"] == 4
 
 
