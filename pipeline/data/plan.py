@@ -60,7 +60,8 @@ def resolve(spec: str, source: int) -> list[ShardRef]:
 
 
 def resolve_all(cfg: DataConfig) -> list[list[ShardRef]]:
-    return [resolve(src.shards, i) for i, src in enumerate(cfg.sources)]
+    return [resolve(str(Path(cfg.root).expanduser() / src.shards) if cfg.root else src.shards, i)
+            for i, src in enumerate(cfg.sources)]
 
 
 def assign(shards: list[list[ShardRef]], repeats: list[int], seed: int, epoch: int, slots: int) -> list[list[ShardRef]]:

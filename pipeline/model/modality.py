@@ -74,3 +74,14 @@ class ModalityContext:
             return torch.zeros(x.shape[:-1], dtype=torch.bool, device=x.device)
         self._check(x)
         return self.question
+
+
+def modality_ids(input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                 media_tokens: dict[int, Modality]) -> torch.Tensor:
+    """Per-token modality ids read off the (placeholder-expanded) token ids; padded positions are PAD."""
+    ids = torch.full_like(input_ids, int(Modality.TEXT))
+    for token, modality in media_tokens.items():
+        ids[input_ids == token] = int(modality)
+    if attention_mask is not None:
+        ids[attention_mask == 0] = int(Modality.PAD)
+    return ids

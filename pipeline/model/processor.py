@@ -1,13 +1,26 @@
-"""Local stand-in for the lead's processor module: only the `AVSample` dataclass the data loader produces.
+"""From decoded samples to the exact batch the model consumes.
 
-Replaced by main's `pipeline/model/processor.py` (same dataclass, plus the AVProcessor) when main is merged.
+One sample is a LLaVA-style conversation plus its decoded media. The prompt is rendered with the tokenizer's chat
+template; every `<image>`, `<video>` and `<audio>` placeholder is expanded here to as many placeholder tokens as
+its projected features will fill, so the model splices features with one `masked_scatter` per modality and reads
+the per-token modality map off the token ids (`modality_ids`). The batch also carries the question span. Labels are
+-100 everywhere but the assistant turns (and the end-of-turn tokens the template puts after them, so the model
+learns to stop).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
+
+from pipeline.model.modality import Modality
+
+IGNORE_INDEX = -100
+PLACEHOLDERS = {"<image>": Modality.VISUAL, "<video>": Modality.VISUAL, "<audio>": Modality.AUDIO}
+ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
 
 @dataclass
@@ -19,3 +32,191 @@ class AVSample:
     video: np.ndarray | None = None            # [T, H, W, 3] uint8 frames sampled uniformly
     audio: np.ndarray | None = None            # float32 mono waveform at the processor's sampling rate
     meta: dict = field(default_factory=dict)   # id, source, question type, answer, ...
+
+
+@dataclass
+class EncodedSample:
+    input_ids: list[int]
+    labels: list[int]
+    question: list[bool]
+    images: torch.Tensor | None                # [n_images, 3, H, W]
+    video: torch.Tensor | None                 # [num_frames, 3, H, W]
+    audio: torch.Tensor | None                 # [n_windows, ...] one feature block per window
+
+
+def sample_id(sample: AVSample) -> str:
+    return str(sample.meta.get("id", "<no id>"))
+
+
+class AVProcessor:
+    """Tokenizes, expands media placeholders, masks labels, pads, and preprocesses media for a list of samples.
+
+    `encode` works on one sample and raises `ValueError` (naming the sample) for bad input, so a loader can skip and
+    count it; `collate` pads encoded samples into a batch. `__call__` does both.
+    """
+
+    def __init__(self, tokenizer, *, image_processor=None, audio_processor=None, tokens_per_image: int = 0,
+                 num_frames: int = 8, tokens_per_window: int = 0, window_samples: int = 16000,
+                 max_windows: int = 10, max_length: int = 2048) -> None:
+        if not getattr(tokenizer, "is_fast", False):
+            raise ValueError("the tokenizer must be a fast (tokenizers-backed) tokenizer: offsets are needed for labels")
+        if tokenizer.chat_template is None:
+            raise ValueError("the tokenizer has no chat template; set model.chat_template in the config")
+        missing = [p for p in PLACEHOLDERS if p not in tokenizer.get_vocab()]
+        if missing:
+            raise ValueError(f"the tokenizer lacks the media tokens {missing}; load it through AVLLM")
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.audio_processor = audio_processor
+        self.tokens_per_image = tokens_per_image
+        self.num_frames = num_frames
+        self.tokens_per_window = tokens_per_window
+        self.window_samples = window_samples
+        self.max_windows = max_windows
+        self.max_length = max_length
+        self.sampling_rate = getattr(audio_processor, "sampling_rate", 16000)
+        self.token_ids = {p: tokenizer.convert_tokens_to_ids(p) for p in PLACEHOLDERS}
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    # ---- prompt rendering -------------------------------------------------------------------------------------
+
+    def _messages(self, sample: AVSample) -> list[dict]:
+        messages = []
+        for i, turn in enumerate(sample.conversations):
+            role = ROLES.get(turn.get("from", turn.get("role")))
+            if role is None or not isinstance(turn.get("value", turn.get("content")), str):
+                raise ValueError(f"sample {sample_id(sample)}: conversations[{i}] needs 'from' "
+                                 f"(human|gpt|system) and a string 'value'")
+            messages.append({"role": role, "content": turn.get("value", turn.get("content"))})
+        if not any(m["role"] == "user" for m in messages):
+            raise ValueError(f"sample {sample_id(sample)}: the conversation has no human turn")
+        return messages
+
+    def _render(self, messages: list[dict]) -> str:
+        generation = messages[-1]["role"] == "user"
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation)
+
+    def _spans(self, messages: list[dict], text: str) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        """Character spans of the assistant turns (to train on) and of the user turns' contents (the question)."""
+        answers, questions = [], []
+        cursor = 0
+        for i, message in enumerate(messages):
+            if message["role"] == "assistant":
+                before = self.tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
+                through = self.tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
+                if through.startswith(before) and text.startswith(through):
+                    answers.append((len(before), len(through)))   # answer + the template's end-of-turn tokens
+                    cursor = len(through)
+                    continue
+            content = message["content"].strip()
+            start = text.find(content, cursor)
+            if start < 0:
+                raise ValueError(f"the chat template does not render turn {i}'s text verbatim")
+            end = start + len(content)
+            (answers if message["role"] == "assistant" else questions).append((start, end))
+            cursor = end
+        return answers, questions
+
+    # ---- media ------------------------------------------------------------------------------------------------
+
+    def _audio_windows(self, audio: np.ndarray) -> list[np.ndarray]:
+        """Fixed windows over the clip; a clip longer than max_windows windows gets windows spread evenly over it."""
+        w = self.window_samples
+        n = min(self.max_windows, max(1, math.ceil(len(audio) / w)))
+        if len(audio) <= n * w:
+            return [audio[i * w:(i + 1) * w] for i in range(n)]
+        starts = np.linspace(0, len(audio) - w, n).round().astype(int)
+        return [audio[s:s + w] for s in starts]
+
+    def _frames(self, video: np.ndarray) -> list[np.ndarray]:
+        index = np.linspace(0, len(video) - 1, self.num_frames).round().astype(int)
+        return [video[i] for i in index]
+
+    def _check_media(self, sample: AVSample, messages: list[dict]) -> dict[str, int]:
+        counts = {p: sum(m["content"].count(p) for m in messages if m["role"] == "user") for p in PLACEHOLDERS}
+        if any(p in m["content"] for m in messages if m["role"] != "user" for p in PLACEHOLDERS):
+            raise ValueError(f"sample {sample_id(sample)}: media placeholders may only appear in human turns")
+        have = {"<image>": len(sample.images), "<video>": int(sample.video is not None),
+                "<audio>": int(sample.audio is not None)}
+        for p in PLACEHOLDERS:
+            if counts[p] != have[p]:
+                raise ValueError(f"sample {sample_id(sample)}: {counts[p]} '{p}' placeholder(s) but {have[p]} "
+                                 f"{p.strip('<>')} input(s)")
+        if (counts["<image>"] or counts["<video>"]) and self.image_processor is None:
+            raise ValueError(f"sample {sample_id(sample)}: has visual input but the model has no vision encoder")
+        if counts["<audio>"] and self.audio_processor is None:
+            raise ValueError(f"sample {sample_id(sample)}: has audio but the model has no audio encoder")
+        if sample.video is not None and (sample.video.ndim != 4 or sample.video.shape[0] < 1):
+            raise ValueError(f"sample {sample_id(sample)}: video must be [T, H, W, 3], got {sample.video.shape}")
+        if sample.audio is not None and (sample.audio.ndim != 1 or len(sample.audio) == 0):
+            raise ValueError(f"sample {sample_id(sample)}: audio must be a non-empty mono waveform")
+        return counts
+
+    # ---- encode / collate -------------------------------------------------------------------------------------
+
+    def encode(self, sample: AVSample) -> EncodedSample:
+        messages = self._messages(sample)
+        self._check_media(sample, messages)
+        text = self._render(messages)
+        answers, questions = self._spans(messages, text)
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        windows = self._audio_windows(sample.audio) if sample.audio is not None else []
+        expand = {self.token_ids["<image>"]: self.tokens_per_image,
+                  self.token_ids["<video>"]: self.tokens_per_image * self.num_frames,
+                  self.token_ids["<audio>"]: self.tokens_per_window * len(windows)}
+        ids, labels, question = [], [], []
+        for tok, (start, _) in zip(enc["input_ids"], enc["offset_mapping"]):
+            if tok in expand:
+                n = expand[tok]
+                ids += [tok] * n
+                labels += [IGNORE_INDEX] * n
+                question += [False] * n
+                continue
+            ids.append(tok)
+            labels.append(tok if any(a <= start < b for a, b in answers) else IGNORE_INDEX)
+            question.append(any(a <= start < b for a, b in questions))
+        if len(ids) > self.max_length:
+            raise ValueError(f"sample {sample_id(sample)}: {len(ids)} tokens after media expansion exceed "
+                             f"model.max_length={self.max_length}")
+        if messages[-1]["role"] == "assistant" and all(label == IGNORE_INDEX for label in labels):
+            raise ValueError(f"sample {sample_id(sample)}: no answer tokens to train on")
+
+        def pixels(images: list) -> torch.Tensor:
+            return self.image_processor(images=images, return_tensors="pt")["pixel_values"]
+
+        audio = None
+        if windows:
+            audio = self.audio_processor(windows, sampling_rate=self.sampling_rate,
+                                         return_tensors="pt")["input_features"]
+        return EncodedSample(ids, labels, question,
+                             images=pixels(list(sample.images)) if sample.images else None,
+                             video=pixels(self._frames(sample.video)) if sample.video is not None else None,
+                             audio=audio)
+
+    def collate(self, encoded: list[EncodedSample], padding_side: str = "right") -> dict[str, torch.Tensor | None]:
+        """Pad to the longest sample. Training pads right; batched generation pads left."""
+        length = max(len(e.input_ids) for e in encoded)
+
+        def pad(rows: list[list], value) -> torch.Tensor:
+            out = []
+            for row in rows:
+                fill = [value] * (length - len(row))
+                out.append(fill + row if padding_side == "left" else row + fill)
+            return torch.tensor(out)
+
+        def cat(items: list[torch.Tensor | None]) -> torch.Tensor | None:
+            present = [t for t in items if t is not None]
+            return torch.cat(present) if present else None
+
+        return {
+            "input_ids": pad([e.input_ids for e in encoded], self.pad_id),
+            "attention_mask": pad([[1] * len(e.input_ids) for e in encoded], 0),
+            "labels": pad([e.labels for e in encoded], IGNORE_INDEX),
+            "question_mask": pad([e.question for e in encoded], False),
+            "image_values": cat([e.images for e in encoded]),
+            "video_values": cat([e.video for e in encoded]),
+            "audio_values": cat([e.audio for e in encoded]),
+        }
+
+    def __call__(self, samples: list[AVSample], padding_side: str = "right") -> dict[str, torch.Tensor | None]:
+        return self.collate([self.encode(s) for s in samples], padding_side=padding_side)

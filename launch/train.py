@@ -1,0 +1,68 @@
+"""Train one stage.
+
+    deepspeed --num_gpus N launch/train.py --config configs/demo/stage2.yaml [--deepspeed configs/ds/zero3.json] \\
+        [key=value ...]
+    torchrun --nproc_per_node N launch/train.py --config ... (works too)
+    python launch/train.py --config C --estimate-memory [--gpus-per-node 8 --nodes 2]
+
+Every check that can fail on the user's input (config keys and types, paths, shards, the stage-1 run, batch sizes
+against the DeepSpeed JSON) runs before any process group starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pipeline.config import ConfigError, load_config  # noqa: E402
+from pipeline.data.plan import resolve_all  # noqa: E402
+from pipeline.train.config import RunConfig  # noqa: E402
+from pipeline.train.ds_config import resolve_ds_config  # noqa: E402
+from pipeline.train.stages import check_stage1_run  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="run config YAML")
+    parser.add_argument("--deepspeed", help="DeepSpeed JSON (same as the config key deepspeed=...)")
+    parser.add_argument("--estimate-memory", action="store_true", help="print DeepSpeed's memory estimate and exit")
+    parser.add_argument("--gpus-per-node", type=int, default=None, help="for --estimate-memory (default: visible)")
+    parser.add_argument("--nodes", type=int, default=1, help="for --estimate-memory")
+    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. adapter.name=imod")
+    args = parser.parse_args(argv)
+    overrides = list(args.overrides) + ([f"deepspeed={args.deepspeed}"] if args.deepspeed else [])
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    try:
+        cfg = load_config(RunConfig, args.config, overrides)
+        if args.estimate_memory:
+            import torch
+
+            from pipeline.train.memory import estimate
+
+            gpus = args.gpus_per_node or max(torch.cuda.device_count(), 1)
+            print(estimate(cfg, resolve_ds_config(cfg, gpus * args.nodes), gpus, args.nodes))
+            return 0
+        resolve_all(cfg.data)
+        if cfg.stage == 2:
+            check_stage1_run(cfg.stage1_run)
+        resolve_ds_config(cfg, world)
+    except (ConfigError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    from pipeline.train.loop import train
+
+    run_dir = train(cfg)
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(f"run directory: {run_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""AVLLM: frozen vision and audio encoders, trainable projectors, and a causal LLM that reads their features.
+
+The processor has already expanded every media placeholder to one token per feature vector; here each modality's
+features are computed, projected to the LLM width and written over its placeholder positions with `masked_scatter`.
+Before the LLM runs, the per-token modality map goes into `modality_contexts["llm"]`, where adapter layers read it.
+
+Saved layout (`save_pretrained`), readable by `from_pretrained` and, for `llm/`, by stock transformers:
+    avllm.json               the model config, component paths relative to the directory
+    llm/                     transformers causal LM + tokenizer (media tokens and chat template included)
+    vision/, audio/          encoder weights + their image processor / feature extractor
+    projectors.safetensors   the projectors' weights
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from pipeline.config import from_dict, to_dict
+from pipeline.model.config import ModelConfig
+from pipeline.model.encoders import VisionTower, load_audio_tower
+from pipeline.model.modality import Modality, ModalityContext, modality_ids
+from pipeline.model.processor import PLACEHOLDERS, AVProcessor
+from pipeline.model.projectors import build_projector, tokens_out
+
+CONFIG_FILE = "avllm.json"
+PROJECTORS_FILE = "projectors.safetensors"
+
+
+def load_tokenizer(cfg: ModelConfig):
+    """The LLM's tokenizer with the media placeholders added as special tokens, a pad token and a chat template."""
+    path = cfg.tokenizer or cfg.llm
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if cfg.chat_template is not None:
+        tokenizer.chat_template = cfg.chat_template
+    if tokenizer.chat_template is None:
+        raise ValueError(f"{path}: the tokenizer has no chat template; set model.chat_template in the config")
+    new = [p for p in PLACEHOLDERS if p not in tokenizer.get_vocab()]
+    if new:
+        tokenizer.add_special_tokens({"additional_special_tokens": new}, replace_extra_special_tokens=False)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    return tokenizer
+
+
+class AVLLM(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        dtype = cfg.torch_dtype
+        self.tokenizer = load_tokenizer(cfg)
+        self.llm = AutoModelForCausalLM.from_pretrained(cfg.llm, dtype=dtype, attn_implementation=cfg.attn_implementation)
+        if len(self.tokenizer) > self.llm.get_input_embeddings().num_embeddings:
+            self.llm.resize_token_embeddings(len(self.tokenizer))
+        width = self.llm.config.get_text_config().hidden_size
+        self.vision = VisionTower(cfg.vision, cfg.vision_feature_layer, cfg.vision_pool, dtype) if cfg.vision else None
+        self.audio = load_audio_tower(cfg.audio, cfg.audio_window_seconds, cfg.audio_pool, dtype) if cfg.audio else None
+        self.projectors = nn.ModuleDict()
+        for name, tower, kind in (("vision", self.vision, cfg.vision_projector), ("audio", self.audio, cfg.audio_projector)):
+            if tower is not None:
+                self.projectors[name] = build_projector(kind, tower.hidden_size, width, cfg.qformer_queries,
+                                                        cfg.qformer_layers).to(dtype)
+        for module in (self.llm, self.vision, self.audio):
+            if module is not None:
+                module.requires_grad_(False)
+        self.media_tokens = {self.tokenizer.convert_tokens_to_ids(p): m for p, m in PLACEHOLDERS.items()}
+        self.token_id = {p: self.tokenizer.convert_tokens_to_ids(p) for p in PLACEHOLDERS}
+        self.modality_contexts = {"llm": ModalityContext(Modality.TEXT), "vision": ModalityContext(Modality.VISUAL),
+                                  "audio": ModalityContext(Modality.AUDIO)}
+        self.llm.get_decoder().register_forward_pre_hook(self._text_map_for_token_inputs, with_kwargs=True)
+
+    # ---- construction -----------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig) -> "AVLLM":
+        """Compose from base checkpoints (fresh projectors): the start of stage 1."""
+        return cls(cfg)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, **overrides) -> "AVLLM":
+        """Load a directory written by `save_pretrained` (e.g. a merged checkpoint)."""
+        path = Path(path)
+        if not (path / CONFIG_FILE).is_file():
+            raise FileNotFoundError(f"{path}: not an AVLLM checkpoint (no {CONFIG_FILE})")
+        data = json.loads((path / CONFIG_FILE).read_text())
+        for key in ("llm", "vision", "audio", "tokenizer"):
+            if data.get(key):
+                data[key] = str(path / data[key])
+        data.update(overrides)
+        model = cls(from_dict(ModelConfig, data, where=str(path / CONFIG_FILE)))
+        model.projectors.load_state_dict(load_file(path / PROJECTORS_FILE))
+        return model
+
+    def save_pretrained(self, path: str | Path) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.llm.save_pretrained(path / "llm")
+        self.tokenizer.save_pretrained(path / "llm")
+        cfg = dataclasses.replace(self.config, llm=Path("llm"), tokenizer=None, chat_template=None)
+        if self.vision is not None:
+            self.vision.encoder.save_pretrained(path / "vision")
+            self.vision.build_preprocessor().save_pretrained(path / "vision")
+            cfg.vision = Path("vision")
+        if self.audio is not None:
+            self.audio.encoder.save_pretrained(path / "audio")
+            self.audio.build_preprocessor().save_pretrained(path / "audio")
+            cfg.audio = Path("audio")
+        save_file({k: v.contiguous() for k, v in self.projectors.state_dict().items()}, path / PROJECTORS_FILE)
+        (path / CONFIG_FILE).write_text(json.dumps(to_dict(cfg), indent=2))
+
+    def build_processor(self) -> AVProcessor:
+        cfg = self.config
+        return AVProcessor(
+            self.tokenizer,
+            image_processor=self.vision.build_preprocessor() if self.vision else None,
+            audio_processor=self.audio.build_preprocessor() if self.audio else None,
+            tokens_per_image=tokens_out(cfg.vision_projector, self.vision.tokens_per_item, cfg.qformer_queries)
+            if self.vision else 0,
+            num_frames=cfg.num_frames,
+            tokens_per_window=tokens_out(cfg.audio_projector, self.audio.tokens_per_item, cfg.qformer_queries)
+            if self.audio else 0,
+            window_samples=int(round(cfg.audio_window_seconds * 16000)),
+            max_windows=cfg.audio_max_windows,
+            max_length=cfg.max_length,
+        )
+
+    # ---- forward ----------------------------------------------------------------------------------------------
+
+    def _text_map_for_token_inputs(self, module, args, kwargs):
+        """KV-cache decoding feeds new token ids (never spliced media): those positions are text."""
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        if input_ids is not None and kwargs.get("inputs_embeds") is None:
+            self.modality_contexts["llm"].set_text(*input_ids.shape, device=input_ids.device)
+
+    def _project(self, name: str, tower: nn.Module, values: torch.Tensor | None) -> torch.Tensor:
+        """Features [items, tokens, width] of one modality. Frozen towers run without autograd."""
+        if values is None:  # keep every rank's collectives in step: run the tower on a dummy input
+            values = tower.dummy_input().to(next(tower.parameters()).device)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and any(p.requires_grad for p in tower.parameters())):
+            feats = tower(values)
+        return self.projectors[name](feats)
+
+    def embed(self, input_ids: torch.Tensor, image_values: torch.Tensor | None = None,
+              video_values: torch.Tensor | None = None, audio_values: torch.Tensor | None = None) -> torch.Tensor:
+        """Token embeddings with every media placeholder replaced by its projected feature vector."""
+        embeds = self.llm.get_input_embeddings()(input_ids)
+        parts = []
+        if self.vision is not None:
+            visual = [v for v in (image_values, video_values) if v is not None]
+            feats = self._project("vision", self.vision, torch.cat(visual) if visual else None)
+            n_images = 0 if image_values is None else image_values.shape[0]
+            parts.append(("<image>", feats[:n_images] if image_values is not None else None, feats))
+            parts.append(("<video>", feats[n_images:] if video_values is not None else None, feats))
+        if self.audio is not None:
+            feats = self._project("audio", self.audio, audio_values)
+            parts.append(("<audio>", feats if audio_values is not None else None, feats))
+        for placeholder, feats, computed in parts:
+            mask = input_ids == self.token_id[placeholder]
+            if feats is None:
+                if mask.any():
+                    raise ValueError(f"the batch has {placeholder} tokens but no {placeholder.strip('<>')} values")
+                embeds = embeds + computed.sum() * 0  # dummy pass: zero gradient, but the graph touches it
+                continue
+            flat = feats.reshape(-1, feats.shape[-1]).to(embeds.dtype)
+            if int(mask.sum()) != flat.shape[0]:
+                raise ValueError(f"{int(mask.sum())} {placeholder} tokens but {flat.shape[0]} feature vectors: "
+                                 "the processor and the model disagree on tokens per item")
+            embeds = embeds.masked_scatter(mask.unsqueeze(-1), flat)
+        for placeholder in PLACEHOLDERS:
+            if not any(p == placeholder for p, _, _ in parts) and (input_ids == self.token_id[placeholder]).any():
+                raise ValueError(f"the batch has {placeholder} tokens but the model has no encoder for them")
+        return embeds
+
+    def set_modality_map(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                         question_mask: torch.Tensor | None = None) -> None:
+        self.modality_contexts["llm"].set(modality_ids(input_ids, attention_mask, self.media_tokens), question_mask)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, question_mask: torch.Tensor | None = None,
+                image_values: torch.Tensor | None = None, video_values: torch.Tensor | None = None,
+                audio_values: torch.Tensor | None = None, **llm_kwargs) -> CausalLMOutputWithPast:
+        embeds = self.embed(input_ids, image_values, video_values, audio_values)
+        self.set_modality_map(input_ids, attention_mask, question_mask)
+        return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **llm_kwargs)
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, question_mask: torch.Tensor | None = None,
+                 image_values: torch.Tensor | None = None, video_values: torch.Tensor | None = None,
+                 audio_values: torch.Tensor | None = None, max_new_tokens: int = 32, **gen_kwargs) -> torch.Tensor:
+        """Greedy (by default) batched generation with KV cache on a left-padded batch; returns the new tokens."""
+        embeds = self.embed(input_ids, image_values, video_values, audio_values)
+        self.set_modality_map(input_ids, attention_mask, question_mask)
+        eos = self.llm.generation_config.eos_token_id
+        eos = set(eos if isinstance(eos, list) else [eos] if eos is not None else []) | {self.tokenizer.eos_token_id}
+        gen_kwargs.setdefault("do_sample", False)
+        return self.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
+                                 eos_token_id=sorted(eos), pad_token_id=self.tokenizer.pad_token_id,
+                                 bad_words_ids=[[t] for t in self.media_tokens], **gen_kwargs)
+
+    def decode(self, tokens: torch.Tensor) -> list[str]:
+        return [t.strip() for t in self.tokenizer.batch_decode(tokens, skip_special_tokens=True)]

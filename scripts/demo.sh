@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Set up (or reuse) .venv and run the main job: the end-to-end demo on the embedded synthetic default.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export DS_ACCELERATOR=${DS_ACCELERATOR:-cpu} TOKENIZERS_PARALLELISM=false
+.venv/bin/python -m launch.demo "$@"
