@@ -75,7 +75,7 @@ def _read(path: Path, kind: str) -> bytes:
 
 def _video_frames(data: bytes, path: Path, num_frames: int | None) -> np.ndarray | None:
     """Open the video with decord (validates it); return `num_frames` uniformly sampled frames if asked."""
-    import decord
+    import decord  # x86_64-only wheel: imported where videos are read, not at package import
 
     try:
         reader = decord.VideoReader(io.BytesIO(data))

@@ -102,22 +102,24 @@ def ave(out: Path, n: int, rng: np.random.Generator) -> None:
 def llava(out: Path, n: int, rng: np.random.Generator) -> None:
     """Stage-1 style captions and questions: images (colour and side), silent videos, and beeping audio."""
     for split, size in _split_sizes(n).items():
-        colours, sides = balanced(tuple(render.COLOURS), size, rng), balanced(SIDES, size, rng)
-        counts = balanced((1, 2, 3, 4), size, rng)
+        per_kind = -(-size // 3)  # items i, i+3, ... share a kind; each kind gets its own balanced answers
+        colours = [balanced(tuple(render.COLOURS), per_kind, rng) for _ in range(3)]
+        sides = [balanced(SIDES, per_kind, rng) for _ in range(3)]
+        counts = balanced((1, 2, 3, 4), per_kind, rng)
         entries = []
         for i in range(size):
-            eid, colour, side = f"{split}-{i:05d}", colours[i], sides[i]
+            eid, colour, side = f"{split}-{i:05d}", colours[i % 3][i // 3], sides[i % 3][i // 3]
             kind = ("image", "video", "audio")[i % 3]
             if kind == "image":
                 render.write_jpg(out / "images" / f"{eid}.jpg", render.frame(colour, side, 22))
-                turns = [f"<image>\nWhat colour is the shape?", colour]
+                turns = ["<image>\nWhat colour is the shape?", colour]
             elif kind == "video":
                 render.write_mp4(out / "videos" / f"{eid}.mp4", Clip(duration=1.0, colour=colour, side=side),
                                  with_audio=False)
                 turns = ["<video>\nDescribe the video briefly.", f"A {colour} square moving on the {side}."]
             else:
-                render.write_wav(out / "audio" / f"{eid}.wav", render.waveform(1.0, _beeps(counts[i], 0.1)))
-                turns = ["<audio>\nHow many beeps are there?", NUMBERS[counts[i]]]
+                render.write_wav(out / "audio" / f"{eid}.wav", render.waveform(1.0, _beeps(counts[i // 3], 0.1)))
+                turns = ["<audio>\nHow many beeps are there?", NUMBERS[counts[i // 3]]]
             ext = {"image": "jpg", "video": "mp4", "audio": "wav"}[kind]
             entries.append({"id": eid, kind: f"{kind}s/{eid}.{ext}" if kind != "audio" else f"audio/{eid}.wav",
                             "conversations": [{"from": "human", "value": turns[0]},

@@ -46,6 +46,8 @@ def _identity(item: dict) -> dict:
 class ShardLoader:
     """Iterates one epoch per `iter()`, `steps_per_epoch` batches on every rank; see the module docstring.
 
+    Leaving the loop early and calling `iter()` again continues after the last batch handed out (same as a resume).
+
     `skipped` counts skipped samples by reason (bad_json, bad_video, bad_audio, bad_image, missing_media,
     placeholder_mismatch, rejected_by_processor, unreadable_shard) and `bad_shards` names the shards that failed.
     """

@@ -47,7 +47,7 @@ def uniform_indices(n: int, num_frames: int) -> np.ndarray:
 
 def decode_video(data: bytes, num_frames: int) -> np.ndarray:
     """[T, H, W, 3] uint8 frames sampled uniformly over the clip, read from mp4 bytes by decord."""
-    import decord
+    import decord  # x86_64-only wheel: imported where videos are read, not at package import
 
     reader = decord.VideoReader(io.BytesIO(data))
     if len(reader) == 0:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import ConfigError, from_dict
-from pipeline.data.config import DataConfig
+from pipeline.data.config import DataConfig, SourceConfig
 from pipeline.data.loader import ShardLoader
 from pipeline.data.plan import epoch_plan, resolve_all
 from pipeline.data.stream import mix
@@ -147,3 +147,10 @@ def test_config_from_dict_and_errors_name_the_key(shards):
         from_dict(DataConfig, {"sources": [{"shards": "x"}], "micro_batch_size": 0})
     with pytest.raises(ValueError, match="no .tar files match"):
         ShardLoader(config(shards["llava"] / "nothing-*.tar"), ids)
+
+
+def test_repeat_upsamples_a_source(shards):
+    cfg = DataConfig(sources=[SourceConfig(shards=str(shards["llava"]), repeat=2)], num_workers=0, micro_batch_size=2)
+    loader = ShardLoader(cfg, ids)
+    seen = Counter(k for b in loader for k in b["ids"])
+    assert set(seen.values()) == {2} and len(seen) == 8  # every sample once per pass, two passes
