@@ -55,7 +55,7 @@ def throughput(shards: Path, workers: int, batch: int, repeat: int, epochs: int 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=32, help="synthetic clips (3 questions each)")
+    parser.add_argument("--n", type=int, default=32, help="synthetic clips (4 questions each)")
     parser.add_argument("--workers", type=int, default=2, help="N for the multi-worker rows")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=4, help="passes over the shards per epoch")
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
                 key = f"{kind}_samples_per_s" + ("" if workers == 1 else f"_{workers}workers")
                 figures[key] = round(rate, 1)
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"micro batch {args.batch}, {args.repeat} passes over {args.n * 3} samples per epoch, best of {args.trials}; "
+    print(f"micro batch {args.batch}, {args.repeat} passes over {args.n * 4} samples per epoch, best of {args.trials}; "
           f"load average {load} on {os.cpu_count()} CPUs")
     print(f"{'shards':<12} {'workers':>7} {'samples/s':>10}")
     for kind, workers, rate in rows:

@@ -69,9 +69,13 @@ def test_music_avqa_bad_entries_are_skipped_with_reasons(tmp_path):
 
 def test_music_avqa_synthetic(raw):
     items = _records(music_avqa.records(raw["music_avqa"], "train"))
-    assert len(items) == 3 * N
+    assert len(items) == 4 * N
     types = Counter(tuple(r.meta["type"]) for r in items)
-    assert types == {("Audio", "Counting"): N, ("Visual", "Location"): N, ("Audio-Visual", "Temporal"): N}
+    assert types == {("Audio", "Counting"): N, ("Visual", "Location"): N, ("Audio-Visual", "Temporal"): N,
+                     ("Audio", "Comparative"): N}
+    louder = [r for r in items if r.meta["type"] == ["Audio", "Comparative"]]
+    assert {r.meta["question"] for r in louder} == {"Is the hum louder than the beeps?",
+                                                    "Is the beeps louder than the hum?"}
     colour = [r for r in items if r.meta["type"] == ["Visual", "Location"]]
     assert Counter(r.meta["answer"] for r in colour) == {"red": 2, "green": 2, "blue": 2, "yellow": 2}
     assert all(r.conversations[0]["value"].startswith("<video>\n<audio>\n") for r in items)
