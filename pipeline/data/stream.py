@@ -94,13 +94,12 @@ class WorkerStream(torch.utils.data.IterableDataset):
         bad: list[str] = []
         while batches < quota:
             buffer: list[AVSample] = []
-            decoded = 0
+            made = 0
             for pulled, sample in enumerate(self.raw(share, slot, cycle, skipped, bad), start=1):
                 if pulled <= offset:
                     continue
                 try:
                     buffer.append(decode_sample(sample, self.cfg.num_frames))
-                    decoded += 1
                 except CorruptSample as exc:
                     skipped[exc.reason] += 1
                 if len(buffer) < self.cfg.micro_batch_size:
@@ -109,6 +108,7 @@ class WorkerStream(torch.utils.data.IterableDataset):
                 if batch is None:
                     continue
                 batches += 1
+                made += 1
                 yield {"batch": batch, "worker": worker, "cycle": cycle, "offset": pulled, "batches": batches,
                        "skipped": dict(skipped), "bad_shards": list(bad)}
                 skipped.clear()
@@ -116,8 +116,9 @@ class WorkerStream(torch.utils.data.IterableDataset):
                 if batches == quota:
                     break
             else:
-                if decoded == 0 and offset == 0:
+                if made == 0 and offset == 0:  # another pass would not get further: fail loudly rather than spin
                     names = ", ".join(s.path for s in share)
-                    raise RuntimeError(f"data: no decodable sample in rank {self.rank} worker {worker}'s shards ({names})")
+                    raise RuntimeError(f"data: rank {self.rank} worker {worker}'s shards do not hold one full batch of "
+                                       f"decodable samples ({names}); see the skip counts")
                 cycle, offset = cycle + 1, 0
         yield {"batch": None, "worker": worker, "skipped": dict(skipped), "bad_shards": list(bad)}
