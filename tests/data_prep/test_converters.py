@@ -134,3 +134,18 @@ def test_audiocaps_synthetic(raw):
     assert len(items) == N
     assert all(r.audio.exists() and r.conversations[0]["value"].startswith("<audio>\n") for r in items)
     assert all(r.conversations[1]["value"].endswith(("beep.", "beeps.")) for r in items)
+
+
+def test_synthetic_soundtrack_is_aligned_with_the_frames(tmp_path):
+    """The AAC track's priming samples are dropped on decode: a beep at 0.5 s is heard at 0.5 s."""
+    import av
+    import numpy as np
+
+    from data_prep import render
+
+    clip = render.Clip(duration=2.0, colour="red", beeps=[render.Beep(start=0.5, length=0.1)])
+    render.write_mp4(tmp_path / "a.mp4", clip)
+    with av.open(str(tmp_path / "a.mp4")) as box:
+        wave = np.concatenate([f.to_ndarray()[0] for f in box.decode(box.streams.audio[0])])
+    onset = np.argmax(np.convolve(np.abs(wave), np.ones(160) / 160, "same") > 0.2) / render.SAMPLE_RATE
+    assert abs(onset - 0.5) < 0.01
