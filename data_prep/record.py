@@ -5,7 +5,7 @@ optionally pre-decodes the media, so every source gets the same validation and t
 
     <key>.json   {"id", "source", "conversations", "media": {"video": ..., "audio": ..., "images": [...]}, "meta"}
     <key>.mp4 / <key>.wav / <key>.jpg ...          raw media bytes, or with --predecode
-    <key>.f000.jpg ... <key>.f007.jpg, <key>.flac  sampled frames and 16 kHz mono audio
+    <key>.frames.jpg, <key>.flac                   sampled frames stacked vertically, 16 kHz mono audio
 
 `media` names the tar keys that hold each modality; the loader decodes exactly those keys and nothing else.
 """
@@ -75,7 +75,7 @@ def _read(path: Path, kind: str) -> bytes:
 
 def _video_frames(data: bytes, path: Path, num_frames: int | None) -> np.ndarray | None:
     """Open the video with decord (validates it); return `num_frames` uniformly sampled frames if asked."""
-    import decord
+    import decord  # x86_64-only wheel: imported where videos are read, not at package import
 
     try:
         reader = decord.VideoReader(io.BytesIO(data))
@@ -148,9 +148,8 @@ def build_sample(record: Record, predecode: bool = False, num_frames: int = 8) -
         video_bytes = _read(record.video, "video")
         frames = _video_frames(video_bytes, record.video, num_frames if predecode else None)
         if predecode:
-            names = [f"f{i:03d}.jpg" for i in range(len(frames))]
-            sample.update({name: _jpg(f) for name, f in zip(names, frames)})
-            media["video"] = names
+            sample["frames.jpg"] = _jpg(np.concatenate(frames, axis=0))  # one tall strip: one tar member, one decode
+            media["video"] = {"strip": "frames.jpg", "frames": len(frames)}
         else:
             sample["mp4"] = video_bytes
             media["video"] = "mp4"

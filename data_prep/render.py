@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -124,6 +125,9 @@ def write_mp4(path: Path, clip: Clip, with_audio: bool = True) -> None:
         if astream is not None:
             audio = av.AudioFrame.from_ndarray(waveform(clip.duration, clip.beeps)[None], format="fltp", layout="mono")
             audio.sample_rate = SAMPLE_RATE
+            # With a pts the AAC encoder marks its 1024 priming samples (negative pts) and the muxer writes an edit
+            # list, so decoders drop them; without, the soundtrack would lag the frames by 64 ms.
+            audio.pts, audio.time_base = 0, Fraction(1, SAMPLE_RATE)
             for packet in astream.encode(audio):
                 box.mux(packet)
             for packet in astream.encode(None):

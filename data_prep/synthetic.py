@@ -3,8 +3,8 @@
 `python -m data_prep.synthetic --out DIR [--n N] [--seed S]` writes DIR/{music_avqa,ave,llava,audiocaps}, each with a
 train split of about N items and a held-out test split (other clips) of N//4 (at least 4). Every answer is determined by
 the media and the answers are balanced, so the question text alone cannot answer (see the tiny-model notes): the colour
-of the square, its side, how many beeps, whether the beeps come before or after the square appears, the event's timbre
-and time range, high vs low pitch.
+of the square, its side, how many beeps, whether the beeps come before or after the square appears, which is louder (beeps or
+hum), the event's timbre and time range, high vs low pitch.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ ORDERS = ("before", "after")
 AVE_EVENTS = {"Church bell": ("sine", 880.0, "yellow"), "Violin, fiddle": ("saw", 440.0, "red"),
               "Acoustic guitar": ("square", 330.0, "blue"), "Motorcycle": ("noise", 200.0, "green")}
 PITCHES = {"high": 1200.0, "low": 300.0}
+HUM_FREQ, BEEP_AMP = 110.0, 0.25  # MUSIC-AVQA clips: a square-wave hum at 0.45 (louder) or 0.08 under 0.25 beeps
 
 
 def balanced(levels: tuple, n: int, rng: np.random.Generator) -> list:
@@ -50,17 +51,22 @@ def _write_json(path: Path, data: object) -> None:
 
 
 def music_avqa(out: Path, n: int, rng: np.random.Generator) -> None:
-    """2 s clips: the square appears at 1 s; 1-4 beeps all before or all after; three questions per clip."""
+    """2 s clips: the square appears at 1 s; 1-4 beeps all before or all after it, over a low hum that is louder or
+    quieter than the beeps; four questions per clip (count, colour, before/after, louder)."""
     qid = 0
     for split, size in _split_sizes(n).items():
         colours = balanced(tuple(render.COLOURS), size, rng)
         sides, orders = balanced(SIDES, size, rng), balanced(ORDERS, size, rng)
         counts, asked = balanced((1, 2, 3, 4), size, rng), balanced(ORDERS, size, rng)
+        hum_loud, hum_first = balanced((True, False), size, rng), balanced((True, False), size, rng)
         entries = []
         for i in range(size):
             vid = f"{split[:2]}{i:05d}"
             first = 0.1 if orders[i] == "before" else 1.1
-            clip = Clip(duration=2.0, colour=colours[i], side=sides[i], shape_on=1.0, beeps=_beeps(counts[i], first))
+            hum = Beep(start=0.0, length=2.0, freq=HUM_FREQ, timbre="square", amp=0.45 if hum_loud[i] else 0.08)
+            clip = Clip(duration=2.0, colour=colours[i], side=sides[i], shape_on=1.0,
+                        beeps=[hum, *_beeps(counts[i], first, amp=BEEP_AMP)])
+            pair = ["hum", "beeps"] if hum_first[i] else ["beeps", "hum"]
             render.write_mp4(out / "videos" / f"{vid}.mp4", clip)
             if i % 3:  # every third clip has no wav: the converter must fall back to the mp4's audio track
                 render.write_wav(out / "audio" / f"{vid}.wav", render.waveform(clip.duration, clip.beeps))
@@ -69,6 +75,8 @@ def music_avqa(out: Path, n: int, rng: np.random.Generator) -> None:
                 ('["Visual", "Location"]', "What colour is the shape on the <LR>?", [sides[i]], colours[i]),
                 ('["Audio-Visual", "Temporal"]', "Do the beeps sound <BA> the shape appears?", [asked[i]],
                  "yes" if asked[i] == orders[i] else "no"),
+                ('["Audio", "Comparative"]', "Is the <Object> louder than the <Object>?", pair,
+                 "yes" if hum_loud[i] == hum_first[i] else "no"),
             ]
             for qtype, content, values, answer in questions:
                 qid += 1
@@ -102,22 +110,24 @@ def ave(out: Path, n: int, rng: np.random.Generator) -> None:
 def llava(out: Path, n: int, rng: np.random.Generator) -> None:
     """Stage-1 style captions and questions: images (colour and side), silent videos, and beeping audio."""
     for split, size in _split_sizes(n).items():
-        colours, sides = balanced(tuple(render.COLOURS), size, rng), balanced(SIDES, size, rng)
-        counts = balanced((1, 2, 3, 4), size, rng)
+        per_kind = -(-size // 3)  # items i, i+3, ... share a kind; each kind gets its own balanced answers
+        colours = [balanced(tuple(render.COLOURS), per_kind, rng) for _ in range(3)]
+        sides = [balanced(SIDES, per_kind, rng) for _ in range(3)]
+        counts = balanced((1, 2, 3, 4), per_kind, rng)
         entries = []
         for i in range(size):
-            eid, colour, side = f"{split}-{i:05d}", colours[i], sides[i]
+            eid, colour, side = f"{split}-{i:05d}", colours[i % 3][i // 3], sides[i % 3][i // 3]
             kind = ("image", "video", "audio")[i % 3]
             if kind == "image":
                 render.write_jpg(out / "images" / f"{eid}.jpg", render.frame(colour, side, 22))
-                turns = [f"<image>\nWhat colour is the shape?", colour]
+                turns = ["<image>\nWhat colour is the shape?", colour]
             elif kind == "video":
                 render.write_mp4(out / "videos" / f"{eid}.mp4", Clip(duration=1.0, colour=colour, side=side),
                                  with_audio=False)
                 turns = ["<video>\nDescribe the video briefly.", f"A {colour} square moving on the {side}."]
             else:
-                render.write_wav(out / "audio" / f"{eid}.wav", render.waveform(1.0, _beeps(counts[i], 0.1)))
-                turns = ["<audio>\nHow many beeps are there?", NUMBERS[counts[i]]]
+                render.write_wav(out / "audio" / f"{eid}.wav", render.waveform(1.0, _beeps(counts[i // 3], 0.1)))
+                turns = ["<audio>\nHow many beeps are there?", NUMBERS[counts[i // 3]]]
             ext = {"image": "jpg", "video": "mp4", "audio": "wav"}[kind]
             entries.append({"id": eid, kind: f"{kind}s/{eid}.{ext}" if kind != "audio" else f"audio/{eid}.wav",
                             "conversations": [{"from": "human", "value": turns[0]},

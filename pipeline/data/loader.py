@@ -26,6 +26,7 @@ from collections.abc import Iterator
 import torch
 
 from pipeline.data.config import DataConfig
+from pipeline.data.media import warm_up
 from pipeline.data.plan import EpochPlan, epoch_plan, resolve_all
 from pipeline.data.stream import Processor, WorkerStream
 
@@ -45,6 +46,8 @@ def _identity(item: dict) -> dict:
 class ShardLoader:
     """Iterates one epoch per `iter()`, `steps_per_epoch` batches on every rank; see the module docstring.
 
+    Leaving the loop early and calling `iter()` again continues after the last batch handed out (same as a resume).
+
     `skipped` counts skipped samples by reason (bad_json, bad_video, bad_audio, bad_image, missing_media,
     placeholder_mismatch, rejected_by_processor, unreadable_shard) and `bad_shards` names the shards that failed.
     """
@@ -60,6 +63,7 @@ class ShardLoader:
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"data: rank {self.rank} is outside world size {self.world_size}")
         self.shards = resolve_all(cfg)
+        warm_up()
         self.epoch = 0
         self.step = 0
         self.workers: dict[int, dict] = {}

@@ -47,7 +47,7 @@ def uniform_indices(n: int, num_frames: int) -> np.ndarray:
 
 def decode_video(data: bytes, num_frames: int) -> np.ndarray:
     """[T, H, W, 3] uint8 frames sampled uniformly over the clip, read from mp4 bytes by decord."""
-    import decord
+    import decord  # x86_64-only wheel: imported where videos are read, not at package import
 
     reader = decord.VideoReader(io.BytesIO(data))
     if len(reader) == 0:
@@ -55,10 +55,14 @@ def decode_video(data: bytes, num_frames: int) -> np.ndarray:
     return reader.get_batch(list(uniform_indices(len(reader), num_frames))).asnumpy()
 
 
-def decode_frames(images: list[bytes], num_frames: int) -> np.ndarray:
-    """Predecoded jpg frames resampled uniformly to `num_frames`."""
-    picked = [images[i] for i in uniform_indices(len(images), num_frames)]
-    return np.stack([np.asarray(decode_image(b)) for b in picked])
+def decode_strip(data: bytes, count: object, num_frames: int) -> np.ndarray:
+    """Predecoded frames (a jpg of `count` frames stacked vertically), resampled uniformly to `num_frames`."""
+    count = int(count)
+    strip = np.asarray(decode_image(data))
+    if count < 1 or strip.shape[0] % count:
+        raise ValueError(f"a strip of height {strip.shape[0]} cannot hold {count} frames")
+    frames = strip.reshape(count, strip.shape[0] // count, *strip.shape[1:])
+    return frames[uniform_indices(count, num_frames)]
 
 
 def decode_audio(data: bytes) -> np.ndarray:
@@ -71,8 +75,20 @@ def decode_audio(data: bytes) -> np.ndarray:
     return wave.astype(np.float32, copy=False)
 
 
+def warm_up() -> None:
+    """Pay librosa's one-off start-up (lazy scipy imports, numba cache loading: seconds) in the calling process.
+
+    DataLoader workers are forked anew every epoch; warmed up in the parent, they inherit it instead of each paying.
+    """
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    sf.write(buf, np.zeros(800, np.float32), 8000, format="WAV")
+    decode_audio(buf.getvalue())
+
+
 def decode_image(data: bytes) -> Image.Image:
-    with Image.open(io.BytesIO(data)) as img:
+    with Image.open(io.BytesIO(data), formats=("JPEG", "PNG")) as img:
         return img.convert("RGB")
 
 
@@ -106,8 +122,9 @@ def decode_sample(sample: dict, num_frames: int = 8) -> AVSample:
     video = audio = None
     if "video" in media:
         where = media["video"]
-        if isinstance(where, list):
-            video = _guarded("bad_video", key, decode_frames, [_bytes(sample, k) for k in where], num_frames)
+        if isinstance(where, dict):
+            data = _bytes(sample, str(where.get("strip")))
+            video = _guarded("bad_video", key, decode_strip, data, where.get("frames"), num_frames)
         else:
             video = _guarded("bad_video", key, decode_video, _bytes(sample, where), num_frames)
     if "audio" in media:

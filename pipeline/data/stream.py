@@ -51,7 +51,8 @@ class WorkerStream(torch.utils.data.IterableDataset):
     def __init__(self, cfg: DataConfig, plan: EpochPlan, rank: int, epoch: int, processor: Processor,
                  resume: dict[int, dict] | None = None) -> None:
         self.cfg, self.plan, self.rank, self.epoch = cfg, plan, rank, epoch
-        self.processor = processor
+        self.encode = getattr(processor, "encode", None)
+        self.collate = processor.collate if self.encode is not None else processor
         self.resume = resume or {}
 
     def raw(self, share: list[ShardRef], slot: int, cycle: int, skipped: Counter, bad: list[str]) -> Iterator[dict]:
@@ -70,18 +71,21 @@ class WorkerStream(torch.utils.data.IterableDataset):
         size = self.cfg.shuffle_buffer
         return wds.shuffle(size, initial=size, rng=random.Random(f"shuffle-{tag}"))(mixed)
 
-    def _encode(self, samples: list[AVSample], skipped: Counter) -> dict | None:
-        """Batch via the processor; a processor with `encode`/`collate` (AVProcessor) can reject single samples."""
-        encode = getattr(self.processor, "encode", None)
-        if encode is None:
-            return self.processor(samples)
-        encoded = []
-        for sample in samples:
-            try:
-                encoded.append(encode(sample))
-            except ValueError:
-                skipped["rejected_by_processor"] += 1
-        return self.processor.collate(encoded) if encoded else None
+    def _prepare(self, sample: dict, skipped: Counter) -> object | None:
+        """Decode one raw sample, and encode it when the processor can do so per sample (AVProcessor.encode), so
+        that a sample the processor rejects (ValueError) is skipped and counted and batches stay full."""
+        try:
+            item = decode_sample(sample, self.cfg.num_frames)
+        except CorruptSample as exc:
+            skipped[exc.reason] += 1
+            return None
+        if self.encode is None:
+            return item
+        try:
+            return self.encode(item)
+        except ValueError:
+            skipped["rejected_by_processor"] += 1
+            return None
 
     def __iter__(self) -> Iterator[dict]:
         info = torch.utils.data.get_worker_info()
@@ -93,22 +97,19 @@ class WorkerStream(torch.utils.data.IterableDataset):
         skipped: Counter = Counter()
         bad: list[str] = []
         while batches < quota:
-            buffer: list[AVSample] = []
-            decoded = 0
+            buffer: list = []
+            made = 0
             for pulled, sample in enumerate(self.raw(share, slot, cycle, skipped, bad), start=1):
                 if pulled <= offset:
                     continue
-                try:
-                    buffer.append(decode_sample(sample, self.cfg.num_frames))
-                    decoded += 1
-                except CorruptSample as exc:
-                    skipped[exc.reason] += 1
+                item = self._prepare(sample, skipped)
+                if item is not None:
+                    buffer.append(item)
                 if len(buffer) < self.cfg.micro_batch_size:
                     continue
-                batch, buffer = self._encode(buffer, skipped), []
-                if batch is None:
-                    continue
+                batch, buffer = self.collate(buffer), []
                 batches += 1
+                made += 1
                 yield {"batch": batch, "worker": worker, "cycle": cycle, "offset": pulled, "batches": batches,
                        "skipped": dict(skipped), "bad_shards": list(bad)}
                 skipped.clear()
@@ -116,8 +117,9 @@ class WorkerStream(torch.utils.data.IterableDataset):
                 if batches == quota:
                     break
             else:
-                if decoded == 0 and offset == 0:
+                if made == 0 and offset == 0:  # another pass would not get further: fail loudly rather than spin
                     names = ", ".join(s.path for s in share)
-                    raise RuntimeError(f"data: no decodable sample in rank {self.rank} worker {worker}'s shards ({names})")
+                    raise RuntimeError(f"data: rank {self.rank} worker {worker}'s shards do not hold one full batch of "
+                                       f"decodable samples ({names}); see the skip counts")
                 cycle, offset = cycle + 1, 0
         yield {"batch": None, "worker": worker, "skipped": dict(skipped), "bad_shards": list(bad)}

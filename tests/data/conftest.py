@@ -16,13 +16,13 @@ def raw(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def shards(raw, tmp_path_factory) -> dict[str, Path]:
-    """music_avqa: 24 samples in 8 shards of 3; llava and audiocaps: 8 samples in 4 shards of 2; one dir each."""
+    """music_avqa: 32 samples in 8 shards of 4; llava and audiocaps: 8 samples in 4 shards of 2; one dir each."""
     out = {}
-    for source, maxcount in (("music_avqa", 3), ("llava", 2), ("audiocaps", 2)):
+    for source, maxcount in (("music_avqa", 4), ("llava", 2), ("audiocaps", 2)):
         out[source] = tmp_path_factory.mktemp(source)
         write_shards(source, raw[source], "train", out[source], maxcount=maxcount, progress=False)
     out["music_avqa_predecoded"] = tmp_path_factory.mktemp("predecoded")
-    write_shards("music_avqa", raw["music_avqa"], "train", out["music_avqa_predecoded"], maxcount=3,
+    write_shards("music_avqa", raw["music_avqa"], "train", out["music_avqa_predecoded"], maxcount=4,
                  predecode=True, num_frames=8, progress=False)
     return out
 

@@ -4,6 +4,7 @@ import json
 import pickle
 from pathlib import Path
 
+import pytest
 import webdataset as wds
 
 from pipeline.data.loader import ShardLoader
@@ -42,13 +43,12 @@ def _originals(shards) -> list[dict]:
     return [s for s in samples if "wav" in s][:9]
 
 
-def test_corrupt_samples_are_skipped_and_counted(shards, tmp_path):
-    marker = tmp_path / "pwned.txt"
+@pytest.fixture(scope="module")
+def damaged(shards, tmp_path_factory) -> tuple[Path, Path]:
+    """A shard set with good samples, corrupt ones, pickle payloads and a garbage tar; and the payload's marker."""
+    tmp = tmp_path_factory.mktemp("damaged")
+    marker = tmp / "pwned.txt"
     payload = pickle.dumps(_WritesFile(marker))
-    control = tmp_path / "control.txt"
-    pickle.loads(pickle.dumps(_WritesFile(control)))
-    assert control.exists()  # the payload really acts when unpickled
-
     good = _originals(shards)  # 9 samples
     bad = [dict(s) for s in good[:5]]
     bad[0]["mp4"] = bad[0]["mp4"][: len(bad[0]["mp4"]) // 3]           # truncated mp4
@@ -60,12 +60,22 @@ def test_corrupt_samples_are_skipped_and_counted(shards, tmp_path):
     bad[4]["pickle"] = payload                                       # an extra pickle key next to good media
     for i, s in enumerate(bad):
         s["__key__"] = f"bad{i}"
-    directory = tmp_path / "shards"
+    directory = tmp / "shards"
     directory.mkdir()
     _write(directory, "good-0.tar", good)
     _write(directory, "bad-0.tar", bad)
     _write(directory, "garbage-0.tar", [], listed=4)
+    return directory, marker
 
+
+def test_the_payload_really_acts_when_unpickled(tmp_path):
+    control = tmp_path / "control.txt"
+    pickle.loads(pickle.dumps(_WritesFile(control)))
+    assert control.exists()
+
+
+def test_corrupt_samples_are_skipped_and_counted(damaged):
+    directory, marker = damaged
     loader = ShardLoader(config(directory, num_workers=0, micro_batch_size=1, shuffle_buffer=4), ids)
     seen = [k for batch in loader for k in batch["ids"]]
     assert not marker.exists()
@@ -76,6 +86,53 @@ def test_corrupt_samples_are_skipped_and_counted(shards, tmp_path):
         assert loader.skipped[reason] >= 1, (reason, loader.skipped)  # missing_media: .pyd is never read from tar
     assert any("garbage-0.tar" in s for s in loader.bad_shards)
     assert len(seen) == loader.steps_per_epoch  # the short pass was refilled: equal steps despite the damage
+
+
+def test_resume_is_exact_on_damaged_data(damaged):
+    """Skips and refill passes are replayed identically: stop, restore, and the rest matches the full run."""
+    directory, _ = damaged
+
+    def make() -> ShardLoader:
+        return ShardLoader(config(directory, num_workers=2, micro_batch_size=1, shuffle_buffer=4), ids)
+
+    full = [tuple(b["ids"]) for b in make()]
+    first = make()
+    head = [tuple(b["ids"]) for _, b in zip(range(5), first)]
+    resumed = make()
+    resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))
+    tail = [tuple(b["ids"]) for b in resumed]
+    assert sorted(head + tail) == sorted(full)
+
+
+class _PickyProcessor:
+    """An AVProcessor-shaped callable that rejects one sample by raising ValueError in `encode`."""
+
+    def encode(self, sample):
+        if sample.meta["key"] == "bad4":
+            raise ValueError("sample bad4: too long")
+        return sample.meta["key"]
+
+    def collate(self, encoded):
+        return {"ids": encoded}
+
+    def __call__(self, samples):
+        return self.collate([self.encode(s) for s in samples])
+
+
+def test_a_share_without_one_good_batch_fails_loudly(damaged):
+    """Worker 1 gets the bad shard and the garbage tar: one good sample per pass never fills a batch of 2."""
+    directory, _ = damaged
+    loader = ShardLoader(config(directory, num_workers=0, micro_batch_size=2, shuffle_buffer=4), ids, 1, 2)
+    with pytest.raises(RuntimeError, match="do not hold one full batch"):
+        list(loader)
+
+
+def test_processor_rejections_are_counted(damaged):
+    directory, _ = damaged
+    loader = ShardLoader(config(directory, num_workers=0, micro_batch_size=2, shuffle_buffer=4), _PickyProcessor())
+    batches = [batch["ids"] for batch in loader]
+    assert all(len(b) == 2 for b in batches)  # a rejected sample is replaced by the next one: batches stay full
+    assert "bad4" not in {k for b in batches for k in b} and loader.skipped["rejected_by_processor"] >= 1
 
 
 def test_decoder_never_unpickles_even_when_pointed_at_a_pickle(shards, tmp_path):
@@ -92,4 +149,4 @@ def test_decoder_never_unpickles_even_when_pointed_at_a_pickle(shards, tmp_path)
     except CorruptSample as exc:
         assert exc.reason == "bad_audio"
     assert not marker.exists()
-    assert not allowed_file("x.pyd") and not allowed_file("x.pickle") and allowed_file("x.f001.jpg")
+    assert not allowed_file("x.pyd") and not allowed_file("x.pickle") and allowed_file("x.frames.jpg")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import ConfigError, from_dict
-from pipeline.data.config import DataConfig
+from pipeline.data.config import DataConfig, SourceConfig
 from pipeline.data.loader import ShardLoader
 from pipeline.data.plan import epoch_plan, resolve_all
 from pipeline.data.stream import mix
@@ -22,7 +22,7 @@ RANK_SCRIPT = """
 import json, sys
 from pipeline.data.loader import ShardLoader
 from tests.data.conftest import config, ids
-cfg = config(*sys.argv[1:], num_workers=2, micro_batch_size=3, shuffle_buffer=8)
+cfg = config(*sys.argv[1:], num_workers=2, micro_batch_size=4, shuffle_buffer=8)
 loader = ShardLoader(cfg, ids)  # rank and world size from RANK / WORLD_SIZE
 print(json.dumps({"steps": loader.steps_per_epoch, "batches": [b["ids"] for b in loader]}))
 """
@@ -50,16 +50,16 @@ def _all_keys(*dirs: Path) -> list[str]:
 
 @pytest.mark.slow
 def test_exactly_once_over_two_ranks_and_two_workers(shards):
-    """24 samples in 8 shards of 3, micro batch 3: every sample once across 2 ranks x 2 workers, none twice."""
+    """32 samples in 8 shards of 4, micro batch 4: every sample once across 2 ranks x 2 workers, none twice."""
     outs = _run_ranks(2, shards["music_avqa"])
     seen = [k for out in outs for batch in out["batches"] for k in batch]
     assert sorted(seen) == sorted(_all_keys(shards["music_avqa"]))
-    assert len(seen) == len(set(seen)) == 24
+    assert len(seen) == len(set(seen)) == 32
     assert [len(o["batches"]) for o in outs] == [o["steps"] for o in outs] == [4, 4]
 
 
 def test_uneven_shards_give_equal_steps_and_no_duplicates(shards):
-    """music_avqa (8x3) + llava (4x2) = 32 samples in 12 shards over 3 ranks x 2 workers: each rank runs the same
+    """music_avqa (8x4) + llava (4x2) = 40 samples in 12 shards over 3 ranks x 2 workers: each rank runs the same
     number of steps (the epoch is truncated to the smallest rank), and no sample appears twice."""
     dirs = (shards["music_avqa"], shards["llava"])
     seen, steps = [], []
@@ -147,3 +147,10 @@ def test_config_from_dict_and_errors_name_the_key(shards):
         from_dict(DataConfig, {"sources": [{"shards": "x"}], "micro_batch_size": 0})
     with pytest.raises(ValueError, match="no .tar files match"):
         ShardLoader(config(shards["llava"] / "nothing-*.tar"), ids)
+
+
+def test_repeat_upsamples_a_source(shards):
+    cfg = DataConfig(sources=[SourceConfig(shards=str(shards["llava"]), repeat=2)], num_workers=0, micro_batch_size=2)
+    loader = ShardLoader(cfg, ids)
+    seen = Counter(k for b in loader for k in b["ids"])
+    assert set(seen.values()) == {2} and len(seen) == 8  # every sample once per pass, two passes

@@ -69,9 +69,13 @@ def test_music_avqa_bad_entries_are_skipped_with_reasons(tmp_path):
 
 def test_music_avqa_synthetic(raw):
     items = _records(music_avqa.records(raw["music_avqa"], "train"))
-    assert len(items) == 3 * N
+    assert len(items) == 4 * N
     types = Counter(tuple(r.meta["type"]) for r in items)
-    assert types == {("Audio", "Counting"): N, ("Visual", "Location"): N, ("Audio-Visual", "Temporal"): N}
+    assert types == {("Audio", "Counting"): N, ("Visual", "Location"): N, ("Audio-Visual", "Temporal"): N,
+                     ("Audio", "Comparative"): N}
+    louder = [r for r in items if r.meta["type"] == ["Audio", "Comparative"]]
+    assert {r.meta["question"] for r in louder} == {"Is the hum louder than the beeps?",
+                                                    "Is the beeps louder than the hum?"}
     colour = [r for r in items if r.meta["type"] == ["Visual", "Location"]]
     assert Counter(r.meta["answer"] for r in colour) == {"red": 2, "green": 2, "blue": 2, "yellow": 2}
     assert all(r.conversations[0]["value"].startswith("<video>\n<audio>\n") for r in items)
@@ -130,3 +134,18 @@ def test_audiocaps_synthetic(raw):
     assert len(items) == N
     assert all(r.audio.exists() and r.conversations[0]["value"].startswith("<audio>\n") for r in items)
     assert all(r.conversations[1]["value"].endswith(("beep.", "beeps.")) for r in items)
+
+
+def test_synthetic_soundtrack_is_aligned_with_the_frames(tmp_path):
+    """The AAC track's priming samples are dropped on decode: a beep at 0.5 s is heard at 0.5 s."""
+    import av
+    import numpy as np
+
+    from data_prep import render
+
+    clip = render.Clip(duration=2.0, colour="red", beeps=[render.Beep(start=0.5, length=0.1)])
+    render.write_mp4(tmp_path / "a.mp4", clip)
+    with av.open(str(tmp_path / "a.mp4")) as box:
+        wave = np.concatenate([f.to_ndarray()[0] for f in box.decode(box.streams.audio[0])])
+    onset = np.argmax(np.convolve(np.abs(wave), np.ones(160) / 160, "same") > 0.2) / render.SAMPLE_RATE
+    assert abs(onset - 0.5) < 0.01

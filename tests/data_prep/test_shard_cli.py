@@ -1,4 +1,3 @@
-import io
 import json
 import subprocess
 import sys
@@ -10,7 +9,7 @@ import pytest
 from data_prep import shard
 from tests.data_prep.conftest import N
 
-EXPECTED = {"music_avqa": 3 * N, "ave": N, "llava": N, "audiocaps": N}
+EXPECTED = {"music_avqa": 4 * N, "ave": N, "llava": N, "audiocaps": N}
 
 
 def _tar_names(path: Path) -> list[str]:
@@ -32,7 +31,7 @@ def test_every_source_shards_with_an_index(raw, tmp_path, source):
 def test_bad_raw_input_is_skipped_and_counted(raw, tmp_path):
     root = tmp_path / "raw"
     root.mkdir()
-    entries = json.loads((raw["music_avqa"] / "avqa-train.json").read_text())[:12]  # 4 clips, 3 questions each
+    entries = json.loads((raw["music_avqa"] / "avqa-train.json").read_text())[:16]  # 4 clips, 4 questions each
     (root / "videos").mkdir()
     (root / "audio").mkdir()
     for e in entries:
@@ -42,12 +41,12 @@ def test_bad_raw_input_is_skipped_and_counted(raw, tmp_path):
     entries[1] = {**entries[1], "type": '["Taste", "Counting"]'}
     (root / "videos" / "broken.mp4").write_bytes(b"\x00not an mp4" * 50)
     entries[2] = {**entries[2], "video_id": "broken"}
-    (root / "audio" / f"{entries[3]['video_id']}.wav").write_bytes(b"RIFF garbage")
+    (root / "audio" / f"{entries[4]['video_id']}.wav").write_bytes(b"RIFF garbage")
     (root / "avqa-train.json").write_text(json.dumps(entries))
     index = shard.write_shards("music_avqa", root, "train", tmp_path / "out", progress=False)
     assert index["skipped"] == {"missing_video": 1, "unknown_question_type": 1, "unreadable_video": 1,
-                                "unreadable_audio": 3}  # the garbage wav belongs to the 3 questions of one clip
-    assert index["total"] == 6
+                                "unreadable_audio": 4}  # the garbage wav belongs to the 4 questions of one clip
+    assert index["total"] == 9
     assert "missing.mp4" in index["skipped_examples"]["missing_video"]
 
 
@@ -63,7 +62,7 @@ def test_predecode_stores_frames_and_16k_flac(raw, tmp_path):
     index = shard.write_shards("llava", raw["llava"], "test", tmp_path, predecode=True, num_frames=4, progress=False)
     names = [n for s in index["shards"] for n in _tar_names(tmp_path / s["name"])]
     assert not [n for n in names if n.endswith((".mp4", ".wav"))]
-    assert any(n.endswith(".f003.jpg") for n in names) and any(n.endswith(".flac") for n in names)
+    assert any(n.endswith(".frames.jpg") for n in names) and any(n.endswith(".flac") for n in names)
     assert index["predecoded"] and index["num_frames"] == 4
 
 
