@@ -91,8 +91,62 @@ def build_llm(family: str, tokenizer: PreTrainedTokenizerFast, hidden: int = 64,
     return model
 
 
-def write_tiny(out: str | Path, llm: str = "llama", seed: int = 0, image_size: int = 64) -> Path:
-    """Write every tiny component under `out` and return the path of its `model.yaml`."""
+# Short chat-formatted questions with their possible answers: what the tiny LLM "knows" before any multimodal
+# training, as a real LLM knows language. It learns the chat format and which answers fit which question, never
+# the right one (answers are drawn at random), so whatever a model gains over the per-question prior comes from
+# the media.
+PRETRAIN_QA = [
+    ("How many beeps are heard in the video?", ["one", "two", "three", "four"]),
+    ("How many beeps are there?", ["one", "two", "three", "four"]),
+    ("What colour is the shape on the {side}?", ["red", "green", "blue", "yellow"]),
+    ("What colour is the shape?", ["red", "green", "blue", "yellow"]),
+    ("Do the beeps sound {order} the shape appears?", ["yes", "no"]),
+    ("Is the {sound} louder than the {other}?", ["yes", "no"]),
+    ("Is there a {shape} in the image?", ["yes", "no"]),
+    ("Describe the video briefly.", ["A {colour} square moving on the {side}."]),
+    ("Describe the audio.", ["{count} {pitch}-pitched beeps."]),
+]
+FILLERS = {"side": ["left", "right"], "order": ["before", "after"], "sound": ["hum", "beeps"], "other": ["beeps", "hum"],
+           "shape": ["square", "circle", "triangle", "star"], "colour": ["red", "green", "blue", "yellow"],
+           "count": ["One", "Two", "Three", "Four"], "pitch": ["high", "low"]}
+
+
+def pretrain_llm(model, tokenizer, steps: int, seed: int = 0, batch: int = 32, lr: float = 3e-3) -> float:
+    """A few hundred language-modelling steps on chat-formatted PRETRAIN_QA conversations; returns the last loss."""
+    rng = torch.Generator().manual_seed(seed)
+
+    def pick(options: list[str]) -> str:
+        return options[int(torch.randint(len(options), (1,), generator=rng))]
+
+    def conversation() -> str:
+        question, answers = PRETRAIN_QA[int(torch.randint(len(PRETRAIN_QA), (1,), generator=rng))]
+        fill = {k: pick(v) for k, v in FILLERS.items()}
+        messages = [{"role": "user", "content": question.format(**fill)},
+                    {"role": "assistant", "content": pick(answers).format(**fill)}]
+        return tokenizer.apply_chat_template(messages, tokenize=False)
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    model.train()
+    loss = torch.tensor(float("nan"))
+    for _ in range(steps):
+        enc = tokenizer([conversation() for _ in range(batch)], add_special_tokens=False, padding=True,
+                        return_tensors="pt")
+        labels = enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
+        loss = model(**enc, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    model.eval()
+    return float(loss)
+
+
+def write_tiny(out: str | Path, llm: str = "llama", seed: int = 0, image_size: int = 64,
+               pretrain_steps: int = 0) -> Path:
+    """Write every tiny component under `out` and return the path of its `model.yaml`.
+
+    `pretrain_steps` > 0 first trains the LLM on chat-formatted short questions (see PRETRAIN_QA): a random LLM
+    frozen under an adapter learns next to nothing in a CPU demo's budget, a lightly pretrained one does.
+    """
     out = Path(out)
     torch.manual_seed(seed)
     vision_cfg = CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -116,7 +170,10 @@ def write_tiny(out: str | Path, llm: str = "llama", seed: int = 0, image_size: i
 
     tokenizer = build_tokenizer(llm)
     tokenizer.save_pretrained(out / "llm")
-    build_llm(llm, tokenizer).save_pretrained(out / "llm")
+    model = build_llm(llm, tokenizer)
+    if pretrain_steps:
+        pretrain_llm(model, tokenizer, pretrain_steps, seed)
+    model.save_pretrained(out / "llm")
 
     model_yaml = out / "model.yaml"
     model_yaml.write_text(yaml.safe_dump({"model": {
@@ -130,8 +187,9 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="directory to write the components into")
     parser.add_argument("--llm", default="llama", choices=sorted(FAMILIES))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pretrain-steps", type=int, default=0, help="LM steps on chat-formatted short questions")
     args = parser.parse_args()
-    print(f"wrote {write_tiny(args.out, args.llm, args.seed)}")
+    print(f"wrote {write_tiny(args.out, args.llm, args.seed, pretrain_steps=args.pretrain_steps)}")
 
 
 if __name__ == "__main__":
