@@ -63,7 +63,13 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def cell_overrides(args: argparse.Namespace, cell: Path, adapter: str, seed: int) -> list[str]:
-    return [*args.overrides, f"adapter.name={adapter}", f"seed={seed}", f"stage1_run={args.stage1_run}",
+    """The recipe plus what differs per cell. The dominance probe is switched off for adapters outside the LoRA
+    family: the rate is defined on a low-rank A only, and the probe fails on a model without one."""
+    from pipeline.adapters import ADAPTERS
+    from pipeline.adapters.core import LowRankLinear
+
+    probe = [] if issubclass(ADAPTERS[adapter], LowRankLinear) else ["train.dominance_every=0"]
+    return [*args.overrides, *probe, f"adapter.name={adapter}", f"seed={seed}", f"stage1_run={args.stage1_run}",
             f"output_dir={cell / 'run'}", "resume=auto"]
 
 
@@ -129,7 +135,7 @@ def train(args: argparse.Namespace, cell: Path, adapter: str, seed: int) -> None
     cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(args.nproc),
            "--master_port", str(free_port()), str(REPO / "launch" / "train.py"), "--config", str(args.config),
            *cell_overrides(args, cell, adapter, seed)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(":")}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     log = cell / "train.log"
     with log.open("a") as sink:
         code = subprocess.run(cmd, env=env, stdout=sink, stderr=subprocess.STDOUT).returncode
