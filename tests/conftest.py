@@ -89,3 +89,13 @@ def checkpoint(tmp_path_factory, tiny_model_config) -> Path:
     path = tmp_path_factory.mktemp("ckpt")
     AVLLM.from_config(tiny_model_config("llama")).save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def stage1_run(train_data, tmp_path_factory) -> Path:
+    """A finished 8-step stage-1 run (2 DeepSpeed ranks) on `train_data`, shared by the training and launch tests."""
+    from tests.train.conftest import REPO, common_overrides, run_train
+
+    out = tmp_path_factory.mktemp("runs") / "stage1"
+    return run_train(REPO / "configs/demo/stage1.yaml", common_overrides(train_data, out, max_steps=8, **{
+        "train.epochs": 2, "optim.lr": 3e-3}))

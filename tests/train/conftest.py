@@ -1,4 +1,5 @@
-"""Fixtures for the training tests: synthetic shards, tiny components, and a 2-rank DeepSpeed launcher."""
+"""Helpers for the training tests: a 2-rank DeepSpeed launcher and overrides for the tiny components (the shared
+stage-1 run fixture, `stage1_run`, is in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,6 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-
-import pytest
 
 
 REPO = Path(__file__).resolve().parents[2]
@@ -53,10 +52,3 @@ def common_overrides(train_data: dict, out: Path, **extra) -> list[str]:
             "data.shuffle_buffer": 16}
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
-
-
-@pytest.fixture(scope="session")
-def stage1_run(train_data, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("runs") / "stage1"
-    return run_train(REPO / "configs/demo/stage1.yaml", common_overrides(train_data, out, max_steps=8, **{"train.epochs": 2,
-                                                                        "optim.lr": 3e-3}))

@@ -1,0 +1,150 @@
+"""The adapter comparison table: what `launch/compare.py` reads from each finished cell and how it aggregates them.
+
+A cell is one (adapter, seed) pair in `OUT/<adapter>-seed<seed>/` with `run/` (the training run), `merged/` (the
+merge output) and `eval/` (launch/eval.py's output). Everything the table shows is read back from those files, so
+the table of a resumed grid is the same as that of an uninterrupted one:
+
+- metrics: the `complete` condition of eval/metrics.json, nested keys flattened to dotted names (`subtype.Counting`);
+- trainable parameters: the floating-point tensors of run/final/trainables.safetensors (the integer ones are IMoD's
+  partition masks, buffers saved beside the parameters), and the adapter's share of them (not under `projectors.`);
+- step time: each metrics.jsonl row's `samples_per_s` times one step's samples (ds_config.json `train_batch_size`)
+  gives that step's wall time; the table shows the median over every step of every seed (the first steps are slow);
+- merged: merged/merge.json's `merged` flag;
+- Non-Text Dominance Rate: the last `nontext_dominance` in metrics.jsonl (logged every `train.dominance_every` steps,
+  LoRA-family adapters only).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+from safetensors import safe_open
+
+FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
+
+
+@dataclass
+class Cell:
+    adapter: str
+    seed: int
+    metrics: dict[str, float]
+    trainable: int
+    adapter_params: int
+    step_times: list[float]
+    merged: bool
+    dominance: float | None
+
+
+@dataclass
+class Row:
+    adapter: str
+    seeds: list[int]
+    metrics: dict[str, tuple[float, float | None]]      # mean, sample std (None for one seed)
+    trainable: int
+    adapter_params: int
+    step_time: float
+    merged: bool
+    dominance: tuple[float, float | None] | None
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, float]:
+    """Numeric leaves of a nested metrics dict under dotted names."""
+    flat: dict[str, float] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, name + "."))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            flat[name] = float(value)
+    return flat
+
+
+def count_params(trainables: Path) -> tuple[int, int]:
+    """(all trainable parameters, the adapter's) in a trainables.safetensors, from the header alone."""
+    total = adapter = 0
+    with safe_open(str(trainables), framework="pt") as f:
+        for key in f.keys():
+            part = f.get_slice(key)
+            if part.get_dtype() not in FLOAT_DTYPES:
+                continue
+            n = 1
+            for dim in part.get_shape():
+                n *= dim
+            total += n
+            adapter += 0 if key.startswith("projectors.") else n
+    return total, adapter
+
+
+def read_cell(cell: Path, adapter: str, seed: int) -> Cell:
+    run = cell / "run"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    batch = json.loads((run / "ds_config.json").read_text())["train_batch_size"]
+    dominance = [r["nontext_dominance"] for r in rows if "nontext_dominance" in r]
+    trainable, adapter_params = count_params(run / "final" / "trainables.safetensors")
+    result = json.loads((cell / "eval" / "metrics.json").read_text())
+    return Cell(adapter=adapter, seed=seed, metrics=flatten(result["metrics"]["complete"]), trainable=trainable,
+                adapter_params=adapter_params, step_times=[batch / r["samples_per_s"] for r in rows],
+                merged=json.loads((cell / "merged" / "merge.json").read_text())["merged"],
+                dominance=dominance[-1] if dominance else None)
+
+
+def _mean_std(values: list[float]) -> tuple[float, float | None]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def aggregate(cells: list[Cell]) -> list[Row]:
+    """One row per adapter, in the order the adapters first appear in `cells`."""
+    rows = []
+    for adapter in dict.fromkeys(c.adapter for c in cells):
+        mine = [c for c in cells if c.adapter == adapter]
+        names = list(dict.fromkeys(k for c in mine for k in c.metrics))
+        dominance = [c.dominance for c in mine if c.dominance is not None]
+        rows.append(Row(
+            adapter=adapter, seeds=[c.seed for c in mine],
+            metrics={k: _mean_std([c.metrics[k] for c in mine if k in c.metrics]) for k in names},
+            trainable=mine[0].trainable, adapter_params=mine[0].adapter_params,
+            step_time=statistics.median(t for c in mine for t in c.step_times),
+            merged=all(c.merged for c in mine), dominance=_mean_std(dominance) if dominance else None))
+    return rows
+
+
+def _fmt(stat: tuple[float, float | None] | None, scale: float) -> str:
+    if stat is None:
+        return "n/a"
+    mean, std = stat
+    return f"{scale * mean:.1f}" if std is None else f"{scale * mean:.1f} ± {scale * std:.1f}"
+
+
+def markdown(rows: list[Row], bench: str, points: frozenset[str] = frozenset()) -> str:
+    """The table with percentages (fractions × 100; metrics named in `points` are shown as they are)."""
+    names = list(dict.fromkeys(k for r in rows for k in r.metrics))
+    head = ["adapter", "seeds", *[f"{bench} {k}" for k in names], "trainable params", "adapter params",
+            "step time (s, median)", "merged", "non-text dominance (%)"]
+    lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
+    for r in rows:
+        cells = [r.adapter, ",".join(map(str, r.seeds)),
+                 *[_fmt(r.metrics.get(k), 1 if k.split(".")[-1] in points else 100) for k in names],
+                 f"{r.trainable:,}", f"{r.adapter_params:,}", f"{r.step_time:.2f}", "yes" if r.merged else "no",
+                 _fmt(r.dominance, 100)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(rows: list[Row], path: Path) -> None:
+    """Raw values (metric fractions as in metrics.json), a mean and a std column per metric; empty std for one seed."""
+    names = list(dict.fromkeys(k for r in rows for k in r.metrics))
+    head = ["adapter", "seeds", *[f"{k}_{s}" for k in names for s in ("mean", "std")], "trainable_params",
+            "adapter_params", "step_time_s_median", "merged", "nontext_dominance_mean", "nontext_dominance_std"]
+    with path.open("w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(head)
+        for r in rows:
+            stats = [v for k in names for v in r.metrics.get(k, (None, None))]
+            dom = r.dominance or (None, None)
+            out.writerow([r.adapter, " ".join(map(str, r.seeds)), *["" if v is None else v for v in stats],
+                          r.trainable, r.adapter_params, r.step_time, r.merged,
+                          *["" if v is None else v for v in dom]])
