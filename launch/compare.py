@@ -63,13 +63,8 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def cell_overrides(args: argparse.Namespace, cell: Path, adapter: str, seed: int) -> list[str]:
-    """The recipe plus what differs per cell. The dominance probe is switched off for adapters outside the LoRA
-    family: the rate is defined on a low-rank A only, and the probe fails on a model without one."""
-    from pipeline.adapters import ADAPTERS
-    from pipeline.adapters.core import LowRankLinear
-
-    probe = [] if issubclass(ADAPTERS[adapter], LowRankLinear) else ["train.dominance_every=0"]
-    return [*args.overrides, *probe, f"adapter.name={adapter}", f"seed={seed}", f"stage1_run={args.stage1_run}",
+    """The recipe plus what differs per cell."""
+    return [*args.overrides, f"adapter.name={adapter}", f"seed={seed}", f"stage1_run={args.stage1_run}",
             f"output_dir={cell / 'run'}", "resume=auto"]
 
 

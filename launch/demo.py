@@ -45,7 +45,7 @@ def prepare_data(out: Path, n: int, seed: int) -> None:
 
     t = step("tiny components, synthetic raw data, shards")
     if not (out / "components" / "model.yaml").is_file():
-        write_tiny(out / "components", "llama")
+        write_tiny(out / "components", "llama", pretrain_steps=300)
     if not (out / "raw" / "done").is_file():
         synthetic.generate(out / "raw", n=n, seed=seed)
         synthetic_bench.generate(out / "raw" / "bench", n=max(8, n // 4), seed=seed)
@@ -152,7 +152,7 @@ def report(out: Path, results: dict[str, dict], base: dict[str, float], adapter:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/demo"))
-    parser.add_argument("--n", type=int, default=96, help="synthetic train clips per source (test: n/4)")
+    parser.add_argument("--n", type=int, default=128, help="synthetic train clips per source (test: n/4)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--adapter", default="imod", help="stage-2 adapter (any registered name)")
     parser.add_argument("--nproc", type=int, default=2, help="DeepSpeed ranks (CPU processes here)")

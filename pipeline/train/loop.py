@@ -20,6 +20,8 @@ import torch
 import torch.distributed as dist
 from transformers import get_cosine_schedule_with_warmup
 
+from pipeline.adapters import adapter_layers
+from pipeline.adapters.core import LowRankLinear
 from pipeline.adapters.dominance import DominanceProbe
 from pipeline.config import save_config, to_dict
 from pipeline.data.loader import ShardLoader
@@ -135,6 +137,9 @@ def train(cfg: RunConfig) -> Path:
         save_checkpoint(engine, run_dir, step, {"data": loader.state_dict()}, cfg.adapter if report else None,
                         cfg.train.keep_last, chash)
 
+    # the Non-Text Dominance Rate is defined for LoRA-family adapters (A matrices); other adapters log none
+    dominance_every = cfg.train.dominance_every if report is not None and any(
+        isinstance(layer, LowRankLinear) for layer in adapter_layers(engine.module).values()) else 0
     engine.train()
     bad_in_row, dropped = 0, 0
     window_loss, window_tokens, window_micro = 0.0, 0, 0
@@ -143,8 +148,7 @@ def train(cfg: RunConfig) -> Path:
         for batch in loader:
             batch = _to_device(batch, device)
             probe = None
-            if (cfg.train.dominance_every and report is not None and window_micro == 0
-                    and (step + 1) % cfg.train.dominance_every == 0):
+            if dominance_every and window_micro == 0 and (step + 1) % dominance_every == 0:
                 probe = DominanceProbe(engine.module).__enter__()
             loss = engine(**batch).loss
             finite = _all_sum([float(torch.isfinite(loss))], device)[0] == world
