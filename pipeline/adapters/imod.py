@@ -36,6 +36,7 @@ checkpointing runs the original forward without a graph; either way exactly one 
 from __future__ import annotations
 
 import zlib
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -80,32 +81,59 @@ def modality_rows(ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, 
     return text, other
 
 
-def maac_grad(s: torch.Tensor, text: torch.Tensor, other: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """∂L_MA/∂s for s [B, T, r] and 0/1 row indicators text, other [B, T]: L_MA's gradient without autograd.
+class RowWeights(NamedTuple):
+    """What the constraints need from a modality map [B, T]; the same for every layer of a step."""
+
+    msdc: torch.Tensor  # [N, 3, 1]: ω, τ, 0 — the rows on which P_t, P_o (and not P_s) enter L_OS, L_TS
+    mean: torch.Tensor  # [B, 2, T]: text / non-text indicators over their counts (the sequence means)
+    rows: torch.Tensor  # [B, T, 2]: `mean` transposed, zeroed for samples lacking either kind (MAAC skips them)
+
+
+def row_weights(ids: torch.Tensor, dtype: torch.dtype) -> RowWeights:
+    """RowWeights of modality ids [B, T] (or [N]: one sample)."""
+    text, other = modality_rows(ids.reshape(-1, ids.shape[-1]), dtype)
+    w = torch.stack((text, other), dim=1)
+    count = w.sum(-1, keepdim=True)
+    mean = w / count.clamp(min=1)
+    valid = (count > 0).all(1, keepdim=True)
+    msdc = torch.stack((other.view(-1), text.view(-1), torch.zeros_like(text.view(-1))), 1).unsqueeze(-1)
+    return RowWeights(msdc, mean, (mean * valid).transpose(1, 2))
+
+
+_last_rows: tuple[torch.Tensor, int, torch.dtype, RowWeights] | None = None
+
+
+def _row_weights_of(ids: torch.Tensor, dtype: torch.dtype) -> RowWeights:
+    """row_weights, computed once per modality map: every layer's backward in a step sees the same ids tensor."""
+    global _last_rows
+    if _last_rows is None or _last_rows[0] is not ids or _last_rows[1] != ids._version or _last_rows[2] != dtype:
+        _last_rows = (ids, ids._version, dtype, row_weights(ids, dtype))
+    return _last_rows[3]
+
+
+def maac_grad(s: torch.Tensor, mean: torch.Tensor, rows: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """∂L_MA/∂s for s [B, T, r] (`mean`, `rows` from `row_weights`): L_MA's gradient without autograd.
 
     Per sample with both kinds (others get 0), modality k ∈ {t, o} with n_k rows, mean m_k, ν_k = max(|m_k|, eps),
     m̂_k = m_k/ν_k, n_i = max(|s_i|, eps), ŝ_i = s_i/n_i, cos_ik = ŝ_i·m̂_k, c_k = mean_{i∈k} cos_ik, κ = m̂_t·m̂_o:
-      ∂L/∂m_k = −[κ(Σ_{j∈k} ŝ_j/n_k − c_k m̂_k) + (c_t + c_o)(m̂_k' − κ m̂_k)] / ν_k      (k' the other modality)
-      ∂L/∂s_i = ∂L/∂m_k / n_k − κ (m̂_k − cos_ik ŝ_i) / (n_k n_i)                    (i a row of modality k)
-    The eps clamps are those of F.cosine_similarity, so zero-norm rows and means give its gradient (exactly for norms
-    0 or ≥ eps).
+      −ν_k ∂L/∂m_k = κ Σ_{j∈k} ŝ_j/n_k + (c_t + c_o) m̂_k' − κ(c_k + c_t + c_o) m̂_k        (k' the other modality)
+      ∂L/∂s_i = ∂L/∂m_k / n_k − κ (m̂_k − cos_ik ŝ_i) / (n_k n_i)                          (i a row of modality k)
+    The eps clamps are those of F.cosine_similarity, so zero-norm rows and means get its gradient (exactly so for
+    norms 0 or ≥ eps).
     """
-    w = torch.stack((text, other), dim=1)  # [B, 2, T]
-    count = w.sum(-1)
-    valid = (count > 0).all(-1, keepdim=True).to(s.dtype)
-    count = count.clamp(min=1)
-    norm = torch.linalg.vector_norm(s, dim=-1, keepdim=True).clamp(min=eps)
+    norm = torch.linalg.vector_norm(s, dim=-1, keepdim=True).clamp_(min=eps)
     unit = s / norm
-    mean = torch.bmm(w, s) / count.unsqueeze(-1)  # [B, 2, r]
-    nu = torch.linalg.vector_norm(mean, dim=-1, keepdim=True).clamp(min=eps)
-    mean_hat = mean / nu
+    means = torch.bmm(mean, s)  # [B, 2, r]
+    nu = torch.linalg.vector_norm(means, dim=-1, keepdim=True).clamp_(min=eps)
+    mean_hat = means / nu
     cos = torch.bmm(unit, mean_hat.transpose(1, 2))  # [B, T, 2]
-    c = (cos.transpose(1, 2) * w).sum(-1) / count  # [B, 2]
-    kappa = (mean_hat[:, 0] * mean_hat[:, 1]).sum(-1)[:, None, None]
-    g_mean = -(kappa * (torch.bmm(w, unit) / count.unsqueeze(-1) - c.unsqueeze(-1) * mean_hat)
-               + c.sum(-1)[:, None, None] * (mean_hat.flip(1) - kappa * mean_hat)) / nu
-    rows = (w * (valid / count).unsqueeze(-1)).transpose(1, 2)  # [B, T, 2]: 1/n_k on rows of modality k
-    return torch.bmm(rows, g_mean) - (kappa / norm) * (torch.bmm(rows, mean_hat) - unit * (rows * cos).sum(-1, True))
+    c = (mean * cos.transpose(1, 2)).sum(-1, keepdim=True)  # [B, 2, 1]
+    kappa = torch.bmm(mean_hat[:, :1], mean_hat[:, 1:].transpose(1, 2))  # [B, 1, 1]
+    c_sum = c.sum(1, keepdim=True)
+    g_mean = torch.addcmul(c_sum * mean_hat.flip(1), kappa, torch.bmm(mean, unit))
+    g_mean = torch.addcmul(g_mean, kappa * (c + c_sum), mean_hat, value=-1) / -nu
+    inner = torch.baddbmm(unit * (rows * cos).sum(-1, keepdim=True), rows, mean_hat, alpha=-1)
+    return torch.baddbmm(inner * (kappa / norm), rows, g_mean)
 
 
 def _world_size() -> int:
@@ -132,21 +160,20 @@ class _IMoDProjection(torch.autograd.Function):
         grad_x = torch.matmul(g, a) if ctx.needs_input_grad[0] else None
         x_in2 = x_in.reshape(-1, d)
         x2 = x_in2 if x is None else x.reshape(-1, d)
-        blocks = layer.mask_ids == torch.arange(3, device=a.device).view(3, 1, 1)  # [3, r, d]: M_t, M_o, M_s
+        blocks, index = layer.partition()
         p = (x2 @ (a * blocks).view(3 * r, d).t()).view(-1, 3, r)  # P_t, P_o, P_s per token
-        text, other = modality_rows(ids.reshape(-1), p.dtype)
+        weights = _row_weights_of(ids, p.dtype)
         scale = _world_size()
-        extra = p * (torch.stack((other, text, torch.zeros_like(text)), 1) * (2 * layer.lambda1 * scale)).unsqueeze(-1)
+        # cols[:, k] = g + E_k; the shared block's E_s (MAAC) is added below.
+        cols = torch.addcmul(g2.unsqueeze(1) if x is None else torch.zeros_like(p), p, weights.msdc,
+                             value=2 * layer.lambda1 * scale)
         if layer.lambda2:
-            seq = ids.shape[-1] if ids.dim() >= 2 else ids.shape[0]  # an [N, d] input is one sample
-            g_s = maac_grad(p[:, 2].reshape(-1, seq, r), text.view(-1, seq), other.view(-1, seq))
-            extra[:, 2] = g_s.reshape(-1, r) * (layer.lambda2 * scale)
-        index = layer.mask_ids.long().unsqueeze(0)
-        if x is None:  # one GEMM: Σ_k ((g + E_k)ᵀ X)⊙M_k
-            cols = (extra + g2.unsqueeze(1)).view(-1, 3 * r)
-            grad_a = (cols.t() @ x2).view(3, r, d).gather(0, index)[0]
-        else:  # dropout: the task gradient sees x̃, the constraints x
-            grad_a = g2.t() @ x_in2 + (extra.view(-1, 3 * r).t() @ x2).view(3, r, d).gather(0, index)[0]
+            seq = ids.shape[-1]
+            g_s = maac_grad(p[:, 2].reshape(-1, seq, r), weights.mean, weights.rows)
+            cols[:, 2].add_(g_s.view(-1, r), alpha=layer.lambda2 * scale)
+        grad_a = (cols.view(-1, 3 * r).t() @ x2).view(3, r, d).gather(0, index)[0]
+        if x is not None:  # dropout: the task gradient sees x̃, the constraints x
+            grad_a = grad_a + g2.t() @ x_in2
         return grad_x, grad_a, None, None, None
 
 
@@ -160,6 +187,16 @@ class IMoDLinear(LowRankLinear):
         self.lambda2 = float(opts["lambda2"])
         ids = partition_ids(tuple(self.lora_A.shape), depth[0], depth[1], opts, name)
         self.register_buffer("mask_ids", ids.to(base.weight.device))
+        self._partition: tuple[torch.Tensor, int, tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def partition(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Masks M_t, M_o, M_s as bool [3, r, d] and the block index [1, r, d], rebuilt only when `mask_ids` changes
+        (load_state_dict copies into it, `.to` replaces it)."""
+        ids = self.mask_ids
+        if self._partition is None or self._partition[0] is not ids or self._partition[1] != ids._version:
+            blocks = ids == torch.arange(3, device=ids.device).view(3, 1, 1)
+            self._partition = (ids, ids._version, (blocks, ids.long().unsqueeze(0)))
+        return self._partition[2]
 
     def down_projection(self, x: torch.Tensor, x_in: torch.Tensor) -> torch.Tensor:
         a = self.lora_A
