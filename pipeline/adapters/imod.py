@@ -17,7 +17,8 @@ and since the masks partition A, without dropout (x̃ = X) the whole gradient is
   grad_A = Σ_k ((g + E_k)ᵀ X)⊙M_k,  E_t = 2λ1 ω⊙P_t,  E_o = 2λ1 τ⊙P_o,  E_s = λ2 G_s,
 whose three r x d blocks are selected element-wise by the partition. The products are ordered (A⊙M_k)Xᵀ then X, never
 XᵀX (d x d). G_s is the hand-derived cosine-similarity gradient in rank space (`maac_grad`), batched over samples.
-Backward saves nothing beyond LoRA's x̃ and A (and x when dropout makes x̃ differ from it); λ1 = λ2 = 0 is plain LoRA.
+Saved for backward: LoRA's x̃ and A plus the modality ids (and x only when dropout makes x̃ differ from it).
+λ1 = λ2 = 0 (or no gradient needed) takes LoRA's own F.linear, so it is LoRA bit for bit.
 
 Normalisation (what accumulates, and why): the injected term is the gradient of constraints that are *sums* over
 tokens (MSDC) and over samples (MAAC) of the micro-batch the layer sees, added once per backward and not divided by
@@ -156,7 +157,8 @@ class _IMoDProjection(torch.autograd.Function):
         layer = ctx.layer
         r, d = a.shape
         g2 = g.reshape(-1, r)
-        # matmul returns a non-view tensor, which autograd can accumulate into in place (a .view could not).
+        # Same mm as LoRA's backward; matmul returns a non-view, which autograd may reuse in place when it sums the
+        # gradients of x (a .view of the product keeps a second reference to its storage and could not be reused).
         grad_x = torch.matmul(g, a) if ctx.needs_input_grad[0] else None
         x_in2 = x_in.reshape(-1, d)
         x2 = x_in2 if x is None else x.reshape(-1, d)
@@ -169,7 +171,7 @@ class _IMoDProjection(torch.autograd.Function):
                              value=2 * layer.lambda1 * scale)
         if layer.lambda2:
             seq = ids.shape[-1]
-            g_s = maac_grad(p[:, 2].reshape(-1, seq, r), weights.mean, weights.rows)
+            g_s = maac_grad(p[:, 2].view(-1, seq, r), weights.mean, weights.rows)  # a strided view, no copy
             cols[:, 2].add_(g_s.view(-1, r), alpha=layer.lambda2 * scale)
         grad_a = (cols.view(-1, 3 * r).t() @ x2).view(3, r, d).gather(0, index)[0]
         if x is not None:  # dropout: the task gradient sees x̃, the constraints x
