@@ -31,7 +31,8 @@ MAAC is therefore a sum over samples, not the mean the issue names: a mean would
 the task gradient carries the loss scale and this term does not; use bf16 or fp32.
 
 Recomputation: non-reentrant checkpointing re-runs forward but backpropagates the original graph, and reentrant
-checkpointing runs the original forward without a graph; either way exactly one `_IMoDProjection` node is backpropagated.
+checkpointing runs the original forward without a graph; either way exactly one `_IMoDProjection` node is
+backpropagated.
 """
 
 from __future__ import annotations
@@ -142,7 +143,7 @@ def _world_size() -> int:
 
 
 class _IMoDProjection(torch.autograd.Function):
-    """u = A x̃ in forward (LoRA's product, same bits); backward returns LoRA's ∂x̃ and A's task + constraint gradient."""
+    """u = A x̃ in forward (LoRA's product, same bits); backward gives LoRA's ∂x̃ and A's task + constraint gradient."""
 
     @staticmethod
     def forward(ctx, x_in: torch.Tensor, a: torch.Tensor, x: torch.Tensor, ids: torch.Tensor,
@@ -162,7 +163,7 @@ class _IMoDProjection(torch.autograd.Function):
         grad_x = torch.matmul(g, a) if ctx.needs_input_grad[0] else None
         x_in2 = x_in.reshape(-1, d)
         x2 = x_in2 if x is None else x.reshape(-1, d)
-        blocks, index = layer.partition()
+        blocks, index = layer.partition(a.dtype)
         p = (x2 @ (a * blocks).view(3 * r, d).t()).view(-1, 3, r)  # P_t, P_o, P_s per token
         weights = _row_weights_of(ids, p.dtype)
         scale = _world_size()
@@ -189,16 +190,17 @@ class IMoDLinear(LowRankLinear):
         self.lambda2 = float(opts["lambda2"])
         ids = partition_ids(tuple(self.lora_A.shape), depth[0], depth[1], opts, name)
         self.register_buffer("mask_ids", ids.to(base.weight.device))
-        self._partition: tuple[torch.Tensor, int, tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._partition: tuple[torch.Tensor, tuple[int, torch.dtype], tuple[torch.Tensor, torch.Tensor]] | None = None
 
-    def partition(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Masks M_t, M_o, M_s as bool [3, r, d] and the block index [1, r, d], rebuilt only when `mask_ids` changes
-        (load_state_dict copies into it, `.to` replaces it)."""
+    def partition(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Masks M_t, M_o, M_s as 0/1 [3, r, d] of `dtype` (no cast when multiplied with A) and the block index
+        [1, r, d]; rebuilt only when `mask_ids` changes (load_state_dict copies into it, `.to` replaces it)."""
         ids = self.mask_ids
-        if self._partition is None or self._partition[0] is not ids or self._partition[1] != ids._version:
-            blocks = ids == torch.arange(3, device=ids.device).view(3, 1, 1)
-            self._partition = (ids, ids._version, (blocks, ids.long().unsqueeze(0)))
-        return self._partition[2]
+        cached = self._partition
+        if cached is None or cached[0] is not ids or cached[1] != (ids._version, dtype):
+            blocks = (ids == torch.arange(3, device=ids.device).view(3, 1, 1)).to(dtype)
+            self._partition = cached = (ids, (ids._version, dtype), (blocks, ids.long().unsqueeze(0)))
+        return cached[2]
 
     def down_projection(self, x: torch.Tensor, x_in: torch.Tensor) -> torch.Tensor:
         a = self.lora_A
