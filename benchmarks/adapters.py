@@ -9,8 +9,8 @@ the order) so that drift of the machine hits all alike; the table reports median
 `--clock cpu` times each step by the process's CPU time instead of wall time: on a shared machine the wall time of
 a step includes the time other sessions held the core, the CPU time much less so.
 
-The defaults are smaller than the issue's 8 layers x 512 tokens x batch 4: that size takes 10-20 s per step on the
-shared 2-core machine, over 10 minutes for an interleaved run of four variants. Per-layer shapes (hidden 512,
+The defaults are smaller than the issue's 8 layers x 512 tokens x batch 4: that size costs 4-5 s of CPU per step
+(10-20 s of wall time on the loaded shared 2-core machine), minutes for an interleaved run of four variants. Per-layer shapes (hidden 512,
 rank 8) are kept, and they decide the ratios.
 """
 
