@@ -66,9 +66,10 @@ class AdapterLinear(nn.Module):
 class LowRankLinear(AdapterLinear):
     """The LoRA core: h = W0 x + s · B A dropout(x), s = alpha/r (rsLoRA: alpha/sqrt(r)).
 
-    A is kaiming-uniform and B zero, as in PEFT. Subclasses change how A enters (`a_matrix`, IMoD) or how the
-    low-rank output combines with the base output (`forward`, DoRA); the down-projection `project_down` is the one
-    place that computes u = A x, so the dominance-rate probe sees every LoRA-family method the same way.
+    A is kaiming-uniform and B zero, as in PEFT. Subclasses change how u = A x̃ is computed and backpropagated
+    (`down_projection`, IMoD) or how the low-rank output combines with the base output (`forward`, DoRA);
+    `project_down` is the one place that computes u, so the dominance-rate probe sees every LoRA-family method
+    the same way.
     """
 
     def __init__(self, base: nn.Linear, cfg: AdapterConfig, ctx: ModalityContext, depth: tuple[int, int], name: str):
@@ -81,13 +82,13 @@ class LowRankLinear(AdapterLinear):
         self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
         self.probe = None  # set by pipeline.adapters.dominance.DominanceProbe while it records
 
-    def a_matrix(self, x: torch.Tensor) -> torch.Tensor:
-        """A as used in this forward; `x` is the layer input (IMoD attaches its gradient injection here)."""
-        return self.lora_A
+    def down_projection(self, x: torch.Tensor, x_in: torch.Tensor) -> torch.Tensor:
+        """u = A x_in; `x` is the layer input before dropout (IMoD's backward of this product also reads it)."""
+        return F.linear(x_in, self.lora_A)
 
     def project_down(self, x: torch.Tensor, x_in: torch.Tensor) -> torch.Tensor:
         """u = A x_in for x_in = dropout(x), recorded by an active dominance probe."""
-        u = F.linear(x_in, self.a_matrix(x))
+        u = self.down_projection(x, x_in)
         if self.probe is not None and u.requires_grad:
             self.probe.record(self, x_in, u)
         return u

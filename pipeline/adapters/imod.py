@@ -9,11 +9,16 @@ Constraints, on the layer input X of the micro-batch (rows = tokens; PAD rows be
   L_TS = ||A_T X_tᵀ − A X_tᵀ||² = ||(A⊙M_o) X_tᵀ||²   (X_t: non-text rows zeroed)
   L_OS = ||A_O X_oᵀ − A X_oᵀ||² = ||(A⊙M_t) X_oᵀ||²   (X_o: text rows zeroed)
   L_MA = Σ_samples with both kinds [1 − (c_t + c_o)·cos(s̄_t, s̄_o)],  s = (A⊙M_s) x per token.
-Their gradient λ1·∇(L_TS+L_OS) + λ2·∇L_MA is added to A's gradient by `_InjectGrad`, an autograd Function that is
-the identity on A in forward and adds the term in backward; it never touches the loss or any other gradient.
-The MSDC gradients are closed-form, 2((A⊙M) Xᵀ X)⊙M, computed as ((A⊙M) Xᵀ) X (r·N·d, never d x d); the MAAC
-gradient reaches A through s, so only the small N x r map s -> L_MA is differentiated locally with autograd.
-All three terms share one N x 3r projection and one 3r x d product.
+Their gradient λ1·∇(L_TS+L_OS) + λ2·∇L_MA reaches A only: `_IMoDProjection` computes u = A x̃ (x̃ = dropout(x))
+exactly as LoRA does and owns its backward, so the constraint terms join A's own gradient product. With
+P_k = X (A⊙M_k)ᵀ (N x r, k = t, o, s), the text/non-text row indicators τ, ω and g = ∂L_task/∂u (all closed form):
+  ∇_A L_TS = 2((τ⊙P_o)ᵀ X)⊙M_o,   ∇_A L_OS = 2((ω⊙P_t)ᵀ X)⊙M_t,   ∇_A L_MA = (G_sᵀ X)⊙M_s,  G_s = ∂L_MA/∂P_s,
+and since the masks partition A, without dropout (x̃ = X) the whole gradient is one 3r x N x d product
+  grad_A = Σ_k ((g + E_k)ᵀ X)⊙M_k,  E_t = 2λ1 ω⊙P_t,  E_o = 2λ1 τ⊙P_o,  E_s = λ2 G_s,
+whose three r x d blocks are selected element-wise by the partition. The products are ordered (A⊙M_k)Xᵀ then X, never
+XᵀX (d x d). G_s is the hand-derived cosine-similarity gradient in rank space (`maac_grad`), batched over samples.
+Saved for backward: LoRA's x̃ and A plus the modality ids (and x only when dropout makes x̃ differ from it).
+λ1 = λ2 = 0 (or no gradient needed) takes LoRA's own F.linear, so it is LoRA bit for bit.
 
 Normalisation (what accumulates, and why): the injected term is the gradient of constraints that are *sums* over
 tokens (MSDC) and over samples (MAAC) of the micro-batch the layer sees, added once per backward and not divided by
@@ -26,12 +31,14 @@ MAAC is therefore a sum over samples, not the mean the issue names: a mean would
 the task gradient carries the loss scale and this term does not; use bf16 or fp32.
 
 Recomputation: non-reentrant checkpointing re-runs forward but backpropagates the original graph, and reentrant
-checkpointing runs the original forward without a graph; either way exactly one `_InjectGrad` node is backpropagated.
+checkpointing runs the original forward without a graph; either way exactly one `_IMoDProjection` node is
+backpropagated.
 """
 
 from __future__ import annotations
 
 import zlib
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -76,63 +83,101 @@ def modality_rows(ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, 
     return text, other
 
 
-def maac_loss(s: torch.Tensor, text: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-    """Σ over samples having both kinds of tokens of 1 − (c_t + c_o)·cos(s̄_t, s̄_o); s is [B, T, r]."""
-    n_t, n_o = text.sum(1), other.sum(1)
-    mean_t = (s * text.unsqueeze(-1)).sum(1) / n_t.clamp(min=1).unsqueeze(-1)
-    mean_o = (s * other.unsqueeze(-1)).sum(1) / n_o.clamp(min=1).unsqueeze(-1)
-    c_t = (F.cosine_similarity(s, mean_t.unsqueeze(1), dim=-1) * text).sum(1) / n_t.clamp(min=1)
-    c_o = (F.cosine_similarity(s, mean_o.unsqueeze(1), dim=-1) * other).sum(1) / n_o.clamp(min=1)
-    per_sample = 1 - (c_t + c_o) * F.cosine_similarity(mean_t, mean_o, dim=-1)
-    return (per_sample * ((n_t > 0) & (n_o > 0))).sum()
+class RowWeights(NamedTuple):
+    """What the constraints need from a modality map [B, T]; the same for every layer of a step."""
+
+    msdc: torch.Tensor  # [N, 3, 1]: ω, τ, 0 — the rows on which P_t, P_o (and not P_s) enter L_OS, L_TS
+    mean: torch.Tensor  # [B, 2, T]: text / non-text indicators over their counts (the sequence means)
+    rows: torch.Tensor  # [B, T, 2]: `mean` transposed, zeroed for samples lacking either kind (MAAC skips them)
 
 
-def constraint_grad(a: torch.Tensor, x: torch.Tensor, ids: torch.Tensor, mask_ids: torch.Tensor,
-                    lambda1: float, lambda2: float) -> torch.Tensor:
-    """λ1·∇_A(L_TS + L_OS) + λ2·∇_A L_MA for layer input x [B, T, d] (or [N, d]) and modality ids x.shape[:-1]."""
-    r = a.shape[0]
-    x2 = x.reshape(-1, x.shape[-1])
-    text, other = modality_rows(ids.reshape(-1), x.dtype)
-    masks, parts = [], []
-    if lambda1:
-        masks += [mask_ids == NONTEXT_ID, mask_ids == TEXT_ID]
-    if lambda2:
-        masks.append(mask_ids == SHARED_ID)
-    masks = [m.to(a.dtype) for m in masks]
-    proj = x2 @ torch.cat([a * m for m in masks]).t()  # N x (k·r): (A⊙M) xₙ for every token n
-    chunks = proj.split(r, dim=1)
-    if lambda1:
-        # ∇ of ||(A⊙M_o) X_tᵀ||² w.r.t. the projection is 2·P on text rows (and symmetrically for L_OS).
-        parts += [(2 * lambda1) * chunks[0] * text.unsqueeze(1), (2 * lambda1) * chunks[1] * other.unsqueeze(1)]
-    if lambda2:
-        seq = x.shape[-2] if x.dim() >= 3 else x.shape[0]  # an [N, d] input is one sample
-        with torch.enable_grad():
-            s = chunks[-1].detach().view(-1, seq, r).requires_grad_(True)
-            (g_s,) = torch.autograd.grad(maac_loss(s, text.view(-1, seq), other.view(-1, seq)), s)
-        parts.append(lambda2 * g_s.reshape(-1, r))
-    grads = (torch.cat(parts, dim=1).t() @ x2).split(r, dim=0)  # one (k·r) x d product for all terms
-    return sum(g * m for g, m in zip(grads, masks))
+def row_weights(ids: torch.Tensor, dtype: torch.dtype) -> RowWeights:
+    """RowWeights of modality ids [B, T] (or [N]: one sample)."""
+    text, other = modality_rows(ids.reshape(-1, ids.shape[-1]), dtype)
+    w = torch.stack((text, other), dim=1)
+    count = w.sum(-1, keepdim=True)
+    mean = w / count.clamp(min=1)
+    valid = (count > 0).all(1, keepdim=True)
+    msdc = torch.stack((other.view(-1), text.view(-1), torch.zeros_like(text.view(-1))), 1).unsqueeze(-1)
+    return RowWeights(msdc, mean, (mean * valid).transpose(1, 2))
+
+
+_last_rows: tuple[torch.Tensor, int, torch.dtype, RowWeights] | None = None
+
+
+def _row_weights_of(ids: torch.Tensor, dtype: torch.dtype) -> RowWeights:
+    """row_weights, computed once per modality map: every layer's backward in a step sees the same ids tensor."""
+    global _last_rows
+    if _last_rows is None or _last_rows[0] is not ids or _last_rows[1] != ids._version or _last_rows[2] != dtype:
+        _last_rows = (ids, ids._version, dtype, row_weights(ids, dtype))
+    return _last_rows[3]
+
+
+def maac_grad(s: torch.Tensor, mean: torch.Tensor, rows: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """∂L_MA/∂s for s [B, T, r] (`mean`, `rows` from `row_weights`): L_MA's gradient without autograd.
+
+    Per sample with both kinds (others get 0), modality k ∈ {t, o} with n_k rows, mean m_k, ν_k = max(|m_k|, eps),
+    m̂_k = m_k/ν_k, n_i = max(|s_i|, eps), ŝ_i = s_i/n_i, cos_ik = ŝ_i·m̂_k, c_k = mean_{i∈k} cos_ik, κ = m̂_t·m̂_o:
+      −ν_k ∂L/∂m_k = κ Σ_{j∈k} ŝ_j/n_k + (c_t + c_o) m̂_k' − κ(c_k + c_t + c_o) m̂_k        (k' the other modality)
+      ∂L/∂s_i = ∂L/∂m_k / n_k − κ (m̂_k − cos_ik ŝ_i) / (n_k n_i)                          (i a row of modality k)
+    The eps clamps are those of F.cosine_similarity, so zero-norm rows and means get its gradient (exactly so for
+    norms 0 or ≥ eps).
+    """
+    norm = torch.linalg.vector_norm(s, dim=-1, keepdim=True).clamp_(min=eps)
+    unit = s / norm
+    means = torch.bmm(mean, s)  # [B, 2, r]
+    nu = torch.linalg.vector_norm(means, dim=-1, keepdim=True).clamp_(min=eps)
+    mean_hat = means / nu
+    cos = torch.bmm(unit, mean_hat.transpose(1, 2))  # [B, T, 2]
+    c = (mean * cos.transpose(1, 2)).sum(-1, keepdim=True)  # [B, 2, 1]
+    kappa = torch.bmm(mean_hat[:, :1], mean_hat[:, 1:].transpose(1, 2))  # [B, 1, 1]
+    c_sum = c.sum(1, keepdim=True)
+    g_mean = torch.addcmul(c_sum * mean_hat.flip(1), kappa, torch.bmm(mean, unit))
+    g_mean = torch.addcmul(g_mean, kappa * (c + c_sum), mean_hat, value=-1) / -nu
+    inner = torch.baddbmm(unit * (rows * cos).sum(-1, keepdim=True), rows, mean_hat, alpha=-1)
+    return torch.baddbmm(inner * (kappa / norm), rows, g_mean)
 
 
 def _world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-class _InjectGrad(torch.autograd.Function):
-    """Identity on A in forward; in backward adds the constraint gradient of this layer's input to A's gradient."""
+class _IMoDProjection(torch.autograd.Function):
+    """u = A x̃ in forward (LoRA's product, same bits); backward gives LoRA's ∂x̃ and A's task + constraint gradient."""
 
     @staticmethod
-    def forward(ctx, a: torch.Tensor, x: torch.Tensor, ids: torch.Tensor, layer: "IMoDLinear") -> torch.Tensor:
-        ctx.save_for_backward(a, x, ids)
+    def forward(ctx, x_in: torch.Tensor, a: torch.Tensor, x: torch.Tensor, ids: torch.Tensor,
+                layer: "IMoDLinear") -> torch.Tensor:
+        ctx.save_for_backward(x_in, a, ids, None if x is x_in else x)
         ctx.layer = layer
-        return a.view_as(a)
+        return F.linear(x_in, a)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        a, x, ids = ctx.saved_tensors
+    def backward(ctx, g: torch.Tensor):
+        x_in, a, ids, x = ctx.saved_tensors
         layer = ctx.layer
-        extra = constraint_grad(a, x, ids, layer.mask_ids, layer.lambda1, layer.lambda2)
-        return grad + extra * _world_size(), None, None, None
+        r, d = a.shape
+        g2 = g.reshape(-1, r)
+        # Same mm as LoRA's backward; matmul returns a non-view, which autograd may reuse in place when it sums the
+        # gradients of x (a .view of the product keeps a second reference to its storage and could not be reused).
+        grad_x = torch.matmul(g, a) if ctx.needs_input_grad[0] else None
+        x_in2 = x_in.reshape(-1, d)
+        x2 = x_in2 if x is None else x.reshape(-1, d)
+        blocks, index = layer.partition(a.dtype)
+        p = (x2 @ (a * blocks).view(3 * r, d).t()).view(-1, 3, r)  # P_t, P_o, P_s per token
+        weights = _row_weights_of(ids, p.dtype)
+        scale = _world_size()
+        # cols[:, k] = g + E_k; the shared block's E_s (MAAC) is added below.
+        cols = torch.addcmul(g2.unsqueeze(1) if x is None else torch.zeros_like(p), p, weights.msdc,
+                             value=2 * layer.lambda1 * scale)
+        if layer.lambda2:
+            seq = ids.shape[-1]
+            g_s = maac_grad(p[:, 2].view(-1, seq, r), weights.mean, weights.rows)  # a strided view, no copy
+            cols[:, 2].add_(g_s.view(-1, r), alpha=layer.lambda2 * scale)
+        grad_a = (cols.view(-1, 3 * r).t() @ x2).view(3, r, d).gather(0, index)[0]
+        if x is not None:  # dropout: the task gradient sees x̃, the constraints x
+            grad_a = grad_a + g2.t() @ x_in2
+        return grad_x, grad_a, None, None, None
 
 
 class IMoDLinear(LowRankLinear):
@@ -145,9 +190,20 @@ class IMoDLinear(LowRankLinear):
         self.lambda2 = float(opts["lambda2"])
         ids = partition_ids(tuple(self.lora_A.shape), depth[0], depth[1], opts, name)
         self.register_buffer("mask_ids", ids.to(base.weight.device))
+        self._partition: tuple[torch.Tensor, tuple[int, torch.dtype], tuple[torch.Tensor, torch.Tensor]] | None = None
 
-    def a_matrix(self, x: torch.Tensor) -> torch.Tensor:
+    def partition(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Masks M_t, M_o, M_s as 0/1 [3, r, d] of `dtype` (no cast when multiplied with A) and the block index
+        [1, r, d]; rebuilt only when `mask_ids` changes (load_state_dict copies into it, `.to` replaces it)."""
+        ids = self.mask_ids
+        cached = self._partition
+        if cached is None or cached[0] is not ids or cached[1] != (ids._version, dtype):
+            blocks = (ids == torch.arange(3, device=ids.device).view(3, 1, 1)).to(dtype)
+            self._partition = cached = (ids, (ids._version, dtype), (blocks, ids.long().unsqueeze(0)))
+        return cached[2]
+
+    def down_projection(self, x: torch.Tensor, x_in: torch.Tensor) -> torch.Tensor:
         a = self.lora_A
         if not (self.lambda1 or self.lambda2) or not (torch.is_grad_enabled() and a.requires_grad):
-            return a
-        return _InjectGrad.apply(a, x.detach(), self.ctx.ids_for(x), self)
+            return F.linear(x_in, a)
+        return _IMoDProjection.apply(x_in, a, x if x_in is x else x.detach(), self.ctx.ids_for(x), self)

@@ -9,7 +9,7 @@ from torch import nn
 
 from adapter_helpers import VOCAB, modality_ids, randomize_adapters, tiny_llama
 from pipeline.adapters import AdapterConfig, adapter_layers, attach
-from pipeline.adapters.imod import partition_counts
+from pipeline.adapters.imod import maac_grad, partition_counts, row_weights
 from pipeline.model.modality import Modality, ModalityContext
 
 OPTS = {"shared_ratio0": 0.1, "depth_alpha": 0.4, "text_share": 0.3}
@@ -55,8 +55,23 @@ class OneLayer(nn.Module):
         return self.head(torch.tanh(self.q_proj(x)))
 
 
+def literal_maac(s, ids):
+    """L_MA on shared activations s [B, T, r], per sample with explicit index selection."""
+    loss = s.new_zeros(())
+    for b in range(s.shape[0]):
+        s_t = s[b][ids[b] == Modality.TEXT]
+        s_o = s[b][(ids[b] == Modality.VISUAL) | (ids[b] == Modality.AUDIO)]
+        if len(s_t) == 0 or len(s_o) == 0:
+            continue
+        mean_t, mean_o = s_t.mean(0), s_o.mean(0)
+        c_t = F.cosine_similarity(s_t, mean_t[None], dim=-1).mean()
+        c_o = F.cosine_similarity(s_o, mean_o[None], dim=-1).mean()
+        loss = loss + 1 - (c_t + c_o) * F.cosine_similarity(mean_t, mean_o, dim=0)
+    return loss
+
+
 def reference_constraints(a, x, ids, mask_ids):
-    """L_TS + L_OS and L_MA written out literally from the issue, per sample with explicit index selection."""
+    """L_TS + L_OS and L_MA written out literally from the issue."""
     m_t, m_o, m_s = [(mask_ids == k).to(a.dtype) for k in (0, 1, 2)]
     text = (ids == Modality.TEXT).unsqueeze(-1).to(x.dtype)
     other = ((ids == Modality.VISUAL) | (ids == Modality.AUDIO)).unsqueeze(-1).to(x.dtype)
@@ -64,26 +79,17 @@ def reference_constraints(a, x, ids, mask_ids):
     a_t, a_o = a * (m_t + m_s), a * (m_o + m_s)
     l_ts = ((x_t @ a_t.T) - (x_t @ a.T)).pow(2).sum()
     l_os = ((x_o @ a_o.T) - (x_o @ a.T)).pow(2).sum()
-    l_ma = a.new_zeros(())
-    for b in range(x.shape[0]):
-        s_t = x[b][ids[b] == Modality.TEXT] @ (a * m_s).T
-        s_o = x[b][(ids[b] == Modality.VISUAL) | (ids[b] == Modality.AUDIO)] @ (a * m_s).T
-        if len(s_t) == 0 or len(s_o) == 0:
-            continue
-        mean_t, mean_o = s_t.mean(0), s_o.mean(0)
-        c_t = F.cosine_similarity(s_t, mean_t[None], dim=-1).mean()
-        c_o = F.cosine_similarity(s_o, mean_o[None], dim=-1).mean()
-        l_ma = l_ma + 1 - (c_t + c_o) * F.cosine_similarity(mean_t, mean_o, dim=0)
-    return l_ts + l_os, l_ma
+    return l_ts + l_os, literal_maac(x @ (a * m_s).T, ids)
 
 
-def one_layer_pair(lambda1, lambda2, seed=0):
+def one_layer_pair(lambda1, lambda2, seed=0, dropout=0.0):
     torch.manual_seed(seed)
     ctx = ModalityContext()
     ours, ref = OneLayer(), OneLayer()
     ref.load_state_dict(ours.state_dict())
-    attach(ours, AdapterConfig(name="imod", rank=4, targets=["q_proj"], options={"lambda1": lambda1, "lambda2": lambda2}), ctx)
-    attach(ref, AdapterConfig(name="lora", rank=4, targets=["q_proj"]), ctx)
+    attach(ours, AdapterConfig(name="imod", rank=4, targets=["q_proj"], dropout=dropout,
+                               options={"lambda1": lambda1, "lambda2": lambda2}), ctx)
+    attach(ref, AdapterConfig(name="lora", rank=4, targets=["q_proj"], dropout=dropout), ctx)
     randomize_adapters(ours, seed)
     with torch.no_grad():
         ref.q_proj.lora_A.copy_(ours.q_proj.lora_A)
@@ -111,6 +117,45 @@ def test_injected_gradient_equals_autograd_on_the_constraints(lambda1, lambda2):
     torch.testing.assert_close(ours.q_proj.lora_A.grad, layer.lora_A.grad, atol=1e-5, rtol=1e-5)
     assert torch.equal(ours.q_proj.lora_B.grad, layer.lora_B.grad)  # only A receives the constraints
     assert torch.equal(ours.head.weight.grad, ref.head.weight.grad)
+
+
+def test_with_dropout_the_task_gradient_sees_dropout_x_and_the_constraints_x():
+    ctx, ours, ref = one_layer_pair(1.0, 1.0, dropout=0.3)
+    x = torch.randn(4, 10, 16)
+    ids = modality_ids(4, 10)
+    ctx.set(ids)
+    target = torch.randn(4, 10, 5)
+    torch.manual_seed(5)  # the same dropout masks in both
+    F.mse_loss(ours(x), target).backward()
+    torch.manual_seed(5)
+    msd, ma = reference_constraints(ref.q_proj.lora_A, x, ids, ours.q_proj.mask_ids)
+    (F.mse_loss(ref(x), target) + msd + ma).backward()
+    torch.testing.assert_close(ours.q_proj.lora_A.grad, ref.q_proj.lora_A.grad, atol=1e-5, rtol=1e-5)
+    assert torch.equal(ours.q_proj.lora_B.grad, ref.q_proj.lora_B.grad)
+
+
+def test_closed_form_maac_gradient_on_edge_cases():
+    """Against autograd through F.cosine_similarity: PAD rows, text-only, non-text-only and all-PAD samples, rows
+    with zero shared activation, and a non-text mean that is exactly zero."""
+    T, V, A, P = (int(m) for m in (Modality.TEXT, Modality.VISUAL, Modality.AUDIO, Modality.PAD))
+    ids = torch.tensor([
+        [V, V, A, T, T, T, P, P],  # mixed, padded
+        [T, T, T, T, T, T, T, T],  # text only: no MAAC term
+        [V, V, V, A, A, A, A, P],  # non-text only: no MAAC term
+        [P, P, P, P, P, P, P, P],
+        [T, V, V, T, T, A, T, T],  # rows 0 and 5 get s = 0
+        [T, T, T, T, V, A, T, P],  # non-text rows v and -v: zero mean
+    ])
+    s = torch.randn(6, 8, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    s[4, 0] = 0
+    s[4, 5] = 0
+    s[5, 5] = -s[5, 4]
+    s.requires_grad_(True)
+    (expected,) = torch.autograd.grad(literal_maac(s, ids), s)
+    weights = row_weights(ids, s.dtype)
+    got = maac_grad(s.detach(), weights.mean, weights.rows)
+    assert torch.isfinite(got).all() and got[1:4].abs().max() == 0
+    torch.testing.assert_close(got, expected, rtol=1e-7, atol=1e-7)
 
 
 def _llm_step(name: str, options: dict, micro_batches: int = 1, checkpointing: str | None = None):
