@@ -143,9 +143,13 @@ def report(out: Path, results: dict[str, dict], base: dict[str, float], adapter:
     lines.append(f"| POPE (synthetic) | accuracy / F1 | {100 * pope['accuracy']:.1f} / {100 * pope['f1']:.1f} | "
                  "50.0 (one answer) |")
     lines.append(f"| MMBench (synthetic) | CircularEval overall | {100 * results['mmbench']['overall']:.1f} | "
-                 "chance is far below 25 |")
+                 "0.4 (chance: 4 rounds of 4 options) |")
     table = "\n".join(lines)
     (out / "results.md").write_text(table + "\n")
+    summary = {"adapter": adapter, "music_avqa": avqa["overall"], "majority": base["majority"],
+               "type_prior": base["type_prior"], "pope_accuracy": pope["accuracy"],
+               "mmbench": results["mmbench"]["overall"]}
+    (out / "results.json").write_text(json.dumps(summary, indent=2))
     return table
 
 
@@ -178,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n== results ({time.time() - start:.0f} s in all)\n{table}")
     print(f"\nEverything is under {out}: stage1/ and stage2/ (config.yaml, ds_config.json, metrics.jsonl, tb/, "
           "loss.png, checkpoints/, final/), merged/, eval/<bench>/ (predictions.jsonl, metrics.json, results.md), "
-          "results.md")
+          "results.md and results.json")
     return 0
 
 
