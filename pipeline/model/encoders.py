@@ -143,7 +143,48 @@ class WhisperAudioTower(nn.Module):
         return feats
 
 
-AUDIO_TOWERS = {"whisper": WhisperAudioTower}
+class ASTAudioTower(nn.Module):
+    """The Audio Spectrogram Transformer (AST) on fixed windows of the checkpoint's own length.
+
+    AST's positional table is learned for `max_length` frames (10 ms hop; AudioSet checkpoints: 1024 = 10.24 s), so
+    `model.audio_window_seconds` must be max_length / 100. Its two leading [CLS]/distillation tokens are dropped.
+    """
+
+    def __init__(self, path: Path, window_seconds: float, pool: int = 1, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        from transformers import ASTModel
+
+        self.path = Path(path)
+        self.encoder = ASTModel.from_pretrained(path, dtype=dtype)
+        config = self.encoder.config
+        if round(window_seconds * 100) != config.max_length:
+            raise ValueError(f"model.audio_window_seconds={window_seconds} must be {config.max_length / 100} for the "
+                             f"AST checkpoint {path} (max_length {config.max_length} frames of 10 ms)")
+        self.window_seconds = window_seconds
+        self.pool = pool
+        freq, time = self.encoder.embeddings.get_shape(config)
+        if (freq * time) % pool:
+            raise ValueError(f"model.audio_pool={pool} must divide the {freq * time} tokens of one AST window")
+        self.hidden_size = config.hidden_size
+        self.tokens_per_item = freq * time // pool
+
+    def build_preprocessor(self):
+        from transformers import ASTFeatureExtractor
+
+        return ASTFeatureExtractor.from_pretrained(self.path)
+
+    def dummy_input(self) -> torch.Tensor:
+        config = self.encoder.config
+        return torch.zeros(1, config.max_length, config.num_mel_bins, dtype=self.encoder.dtype)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        feats = self.encoder(features.to(self.encoder.dtype)).last_hidden_state[:, 2:]
+        if self.pool > 1:
+            feats = F.avg_pool1d(feats.transpose(1, 2), self.pool).transpose(1, 2)
+        return feats
+
+
+AUDIO_TOWERS = {"whisper": WhisperAudioTower, "audio-spectrogram-transformer": ASTAudioTower}
 
 
 def load_audio_tower(path: Path, window_seconds: float, pool: int = 1, dtype: torch.dtype = torch.float32) -> nn.Module:

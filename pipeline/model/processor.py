@@ -186,8 +186,8 @@ class AVProcessor:
 
         audio = None
         if windows:
-            audio = self.audio_processor(windows, sampling_rate=self.sampling_rate,
-                                         return_tensors="pt")["input_features"]
+            key = self.audio_processor.model_input_names[0]  # input_features (Whisper), input_values (AST)
+            audio = self.audio_processor(windows, sampling_rate=self.sampling_rate, return_tensors="pt")[key]
         return EncodedSample(ids, labels, question,
                              images=pixels(list(sample.images)) if sample.images else None,
                              video=pixels(self._frames(sample.video)) if sample.video is not None else None,

@@ -72,10 +72,10 @@ def test_scoring_a_predictions_file_reproduces_the_metrics(runs, bench, tmp_path
 def test_outputs_and_conditions(runs):
     single, _, _ = runs
     lines, metrics = read(single, "music_avqa")
-    assert metrics["items"] == {"complete": 6, "audio-missing": 3, "visual-missing": 3}   # 12 questions, 25 % each
-    assert sum(line.get("condition") == "audio-missing" for line in lines) == 3
+    assert metrics["items"] == {"complete": 8, "audio-missing": 4, "visual-missing": 4}   # 16 questions, 25 % each
+    assert sum(line.get("condition") == "audio-missing" for line in lines) == 4
     table = (single / "music_avqa" / "results.md").read_text()
-    assert "| metric | complete (n=6) | audio-missing (n=3) | visual-missing (n=3) |" in table
+    assert "| metric | complete (n=8) | audio-missing (n=4) | visual-missing (n=4) |" in table
     lines, metrics = read(single, "mmbench")
     assert [line.keys() for line in lines[:1]] == [{"index", "round", "text"}]
     assert 0 <= metrics["metrics"]["complete"]["overall"] <= 1

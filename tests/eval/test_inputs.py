@@ -48,17 +48,17 @@ def test_image_path_that_does_not_exist(tmp_path, capsys, checkpoint, bench_data
 
 def test_predictions_with_unknown_ids(tmp_path, capsys, bench_data):
     predictions = tmp_path / "predictions.jsonl"
-    lines = [{"question_id": q, "text": "yes"} for q in (13, 14, 999, 1000)]
+    lines = [{"question_id": q, "text": "yes"} for q in (17, 18, 999, 1000)]  # test ids: 17-32 (train has 16)
     predictions.write_text("".join(json.dumps(line) + "\n" for line in lines))
     err = error_line(capsys, ["--bench", "music_avqa", *bench_data["music_avqa"], "--predictions", str(predictions)])
     assert err == f"error: {predictions}: 2 prediction(s) with unknown ids: question_id=999, question_id=1000"
 
 
 @pytest.mark.parametrize("lines, message", [
-    ([{"question_id": 13}], "not a prediction line"),
-    ([{"question_id": 13, "text": "a"}, {"question_id": 13, "text": "b"}], "1 id(s) predicted twice: question_id=13"),
-    ([{"question_id": 13, "text": "a"}],
-     "no prediction for 11 item(s): question_id=14, question_id=15, question_id=16, ..."),
+    ([{"question_id": 17}], "not a prediction line"),
+    ([{"question_id": 17, "text": "a"}, {"question_id": 17, "text": "b"}], "1 id(s) predicted twice: question_id=17"),
+    ([{"question_id": 17, "text": "a"}],
+     "no prediction for 15 item(s): question_id=18, question_id=19, question_id=20, ..."),
 ])
 def test_predictions_file_problems(tmp_path, capsys, bench_data, lines, message):
     predictions = tmp_path / "p.jsonl"

@@ -43,7 +43,7 @@ def test_stage1_trains_projectors_and_writes_a_self_describing_run(stage1_run):
     assert complete_checkpoints(stage1_run)[-1].name == "step-8"
 
 
-@pytest.mark.parametrize("adapter, zero", [("lora", "zero2"), ("imod", "zero3")])
+@pytest.mark.parametrize("adapter, zero", [("lora", "zero2"), ("lora", "zero3"), ("imod", "zero2"), ("imod", "zero3")])
 def test_stage2_starts_from_stage1_projectors_and_exports_what_it_trained(stage1_run, train_data, tmp_path,
                                                                            adapter, zero):
     out = tmp_path / f"stage2-{adapter}"
