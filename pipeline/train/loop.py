@@ -13,6 +13,7 @@ import json
 import os
 import time
 from collections import Counter
+from contextlib import nullcontext
 from pathlib import Path
 
 import deepspeed
@@ -142,19 +143,18 @@ def train(cfg: RunConfig) -> Path:
         isinstance(layer, LowRankLinear) for layer in adapter_layers(engine.module).values()) else 0
     engine.train()
     bad_in_row, dropped = 0, 0
-    window_loss, window_tokens, window_micro = 0.0, 0, 0
+    window_loss, window_tokens, window_micro, window_rate = 0.0, 0, 0, None
     tick = time.time()
     while step < total:
         for batch in loader:
             batch = _to_device(batch, device)
-            probe = None
-            if dominance_every and window_micro == 0 and (step + 1) % dominance_every == 0:
-                probe = DominanceProbe(engine.module).__enter__()
-            loss = engine(**batch).loss
-            finite = _all_sum([float(torch.isfinite(loss))], device)[0] == world
+            probing = dominance_every and window_micro == 0 and (step + 1) % dominance_every == 0
+            with DominanceProbe(engine.module) if probing else nullcontext() as probe:
+                loss = engine(**batch).loss
+                finite = _all_sum([float(torch.isfinite(loss))], device)[0] == world
+                if finite:
+                    engine.backward(loss)
             if not finite:
-                if probe is not None:
-                    probe.__exit__(None, None, None)
                 bad_in_row += 1
                 dropped += 1
                 log.note(f"step {step + 1}: non-finite loss on some rank, micro-batch dropped ({bad_in_row} in a row)")
@@ -164,14 +164,12 @@ def train(cfg: RunConfig) -> Path:
                                           f"saved in {run_dir / 'checkpoints'}; lower optim.lr or check the data")
                 continue
             bad_in_row = 0
-            engine.backward(loss)
             engine.step()
             window_loss += loss.item()
             window_tokens += int(batch["attention_mask"].sum())
             window_micro += 1
             if probe is not None:
-                probe.__exit__(None, None, None)
-                rate = _all_sum([probe.result().rate], device)[0] / world
+                window_rate = _all_sum([probe.result().rate], device)[0] / world
             if window_micro < gas:
                 continue
             step += 1
@@ -182,10 +180,10 @@ def train(cfg: RunConfig) -> Path:
                            "samples_per_s": cfg.data.micro_batch_size * gas * world / elapsed,
                            "tokens_per_s": tokens / elapsed, "epoch": loader.epoch,
                            "skipped_samples": int(skipped), "dropped_nonfinite": dropped}
-                if probe is not None:
-                    metrics["nontext_dominance"] = rate
+                if window_rate is not None:
+                    metrics["nontext_dominance"] = window_rate
                 log.log(metrics)
-            window_loss, window_tokens, window_micro = 0.0, 0, 0
+            window_loss, window_tokens, window_micro, window_rate = 0.0, 0, 0, None
             tick = time.time()
             if cfg.train.save_every and step % cfg.train.save_every == 0 and step < total:
                 checkpoint()
