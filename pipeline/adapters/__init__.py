@@ -19,8 +19,12 @@ from pipeline.adapters.bitfit import BitFitLinear
 from pipeline.adapters.config import AdapterConfig
 from pipeline.adapters.core import AdapterLinear, adapter_layers, adapter_state
 from pipeline.adapters.dora import DoRALinear
+from pipeline.adapters.hydralora import HydraLoRALinear
 from pipeline.adapters.imod import IMoDLinear
 from pipeline.adapters.lora import LoRALinear
+from pipeline.adapters.loramoe import LoRAMoELinear
+from pipeline.adapters.moka import MokALinear
+from pipeline.adapters.unimodal import UniModalLoRALinear
 from pipeline.model.modality import ModalityContext
 
 ADAPTERS: dict[str, type[AdapterLinear]] = {
@@ -28,6 +32,10 @@ ADAPTERS: dict[str, type[AdapterLinear]] = {
     "dora": DoRALinear,
     "bitfit": BitFitLinear,
     "imod": IMoDLinear,
+    "unimodal_lora": UniModalLoRALinear,
+    "moka": MokALinear,
+    "loramoe": LoRAMoELinear,
+    "hydralora": HydraLoRALinear,
 }
 
 Contexts = ModalityContext | Mapping[str, ModalityContext] | None
