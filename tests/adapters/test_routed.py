@@ -3,7 +3,13 @@ modality locality and KV-cache decoding, LoRAMoE's balance loss, merge refusal a
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -248,3 +254,22 @@ def test_save_load_round_trip_is_exact_on_a_mixed_map(name, options, tmp_path):
         with torch.no_grad():
             outputs.append(model(input_ids=tokens).logits)
     assert torch.equal(*outputs)
+
+
+# ---- DeepSpeed -------------------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_zero3_two_ranks_loss_falls_for_every_method(tmp_path):
+    out = tmp_path / "losses.json"
+    with socket.socket() as sock:  # a free port: other worktrees' 2-rank tests may run at the same time
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+           str(Path(__file__).with_name("ds_routed_check.py")), str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    losses = json.loads(out.read_text())
+    assert sorted(losses) == sorted(ROUTED)
+    for name, curve in losses.items():
+        assert curve[-1] < 0.9 * curve[0], (name, curve)
