@@ -19,7 +19,11 @@ from adapter_helpers import VOCAB, modality_ids, randomize_adapters, tiny_llama
 from pipeline.adapters import ADAPTERS, AdapterConfig, adapter_layers, attach, merge
 from pipeline.adapters.io import load_adapter, save_adapter
 from pipeline.adapters.loramoe import aux_loss
+from pipeline.merge import MergeError, merge_run
+from pipeline.model.avllm import AVLLM
 from pipeline.model.modality import Modality, ModalityContext
+from tests.merge.conftest import make_run
+from tests.model.conftest import mixed_samples
 
 ROUTED = ["unimodal_lora", "moka", "loramoe", "hydralora"]
 D_IN, D_OUT, RANK, SEQ = 16, 12, 4, 12
@@ -254,6 +258,21 @@ def test_save_load_round_trip_is_exact_on_a_mixed_map(name, options, tmp_path):
         with torch.no_grad():
             outputs.append(model(input_ids=tokens).logits)
     assert torch.equal(*outputs)
+
+
+@pytest.mark.parametrize("name", ROUTED)
+def test_launch_merge_refuses_and_keep_adapters_ships_the_unmerged_model(name, tmp_path, tiny_model_config):
+    """The composed model on mixed samples (its processor's modality map and question span): the checkpoint written
+    with --keep-adapters reproduces the trained model's logits."""
+    run, trained = make_run(tmp_path / "run", tiny_model_config("llama"), AdapterConfig(name=name, rank=4,
+                                                                                         scope=["llm"]))
+    with pytest.raises(MergeError, match="cannot be merged.*--keep-adapters"):
+        merge_run(run, tmp_path / "out")
+    loaded = AVLLM.from_pretrained(merge_run(run, tmp_path / "out", keep_adapters=True)).eval()
+    batch = trained.build_processor()(mixed_samples())
+    assert batch["question_mask"].any()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**batch).logits, trained(**batch).logits, rtol=0, atol=1e-5)
 
 
 # ---- DeepSpeed -------------------------------------------------------------------------------------------------------
