@@ -1,7 +1,7 @@
 """Uni-modal LoRA: one LoRA per modality, each applied only to its own modality's tokens.
 
 h = W0 x + s · Σ_m [id(x) = m] · B_m A_m dropout(x),  m ∈ {text, visual, audio};  PAD tokens get W0 x only.
-The baseline the IMoD paper uses to show what fully separate modality paths give (no sharing at all).
+One of the IMoD paper's baselines: fully separate modality paths, nothing shared between modalities.
 Parameters per layer: 3 r (d_in + d_out).
 """
 
@@ -20,7 +20,7 @@ MODALITIES = 3  # TEXT, VISUAL, AUDIO: the ids 0, 1, 2 index the stacked A and B
 
 def modality_onehot(ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """[..., 3] indicator of each token's modality; PAD (-1) rows are all zero."""
-    return F.one_hot(ids.clamp(min=-1) + 1, MODALITIES + 1)[..., 1:].to(dtype)
+    return F.one_hot(ids + 1, MODALITIES + 1)[..., 1:].to(dtype)
 
 
 class UniModalLoRALinear(MultiLowRankLinear):
