@@ -23,6 +23,7 @@ from transformers import get_cosine_schedule_with_warmup
 from pipeline.adapters import adapter_layers
 from pipeline.adapters.core import LowRankLinear
 from pipeline.adapters.dominance import DominanceProbe
+from pipeline.adapters.loramoe import aux_loss
 from pipeline.config import save_config, to_dict
 from pipeline.data.loader import ShardLoader
 from pipeline.train.checkpoint import complete_checkpoints, load_checkpoint, save_checkpoint, write_trainables
@@ -164,7 +165,7 @@ def train(cfg: RunConfig) -> Path:
                                           f"saved in {run_dir / 'checkpoints'}; lower optim.lr or check the data")
                 continue
             bad_in_row = 0
-            engine.backward(loss)
+            engine.backward(loss + aux_loss(engine.module))  # LoRAMoE's balance loss (0 for other adapters)
             engine.step()
             window_loss += loss.item()
             window_tokens += int(batch["attention_mask"].sum())
