@@ -13,14 +13,19 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
+import torch
 from torch import nn
 
 from pipeline.adapters.bitfit import BitFitLinear
 from pipeline.adapters.config import AdapterConfig
 from pipeline.adapters.core import AdapterLinear, adapter_layers, adapter_state
 from pipeline.adapters.dora import DoRALinear
+from pipeline.adapters.hydralora import HydraLoRALinear
 from pipeline.adapters.imod import IMoDLinear
 from pipeline.adapters.lora import LoRALinear
+from pipeline.adapters.loramoe import LoRAMoELinear
+from pipeline.adapters.moka import MokALinear
+from pipeline.adapters.unimodal import UniModalLoRALinear
 from pipeline.model.modality import ModalityContext
 
 ADAPTERS: dict[str, type[AdapterLinear]] = {
@@ -28,6 +33,10 @@ ADAPTERS: dict[str, type[AdapterLinear]] = {
     "dora": DoRALinear,
     "bitfit": BitFitLinear,
     "imod": IMoDLinear,
+    "unimodal_lora": UniModalLoRALinear,
+    "moka": MokALinear,
+    "loramoe": LoRAMoELinear,
+    "hydralora": HydraLoRALinear,
 }
 
 Contexts = ModalityContext | Mapping[str, ModalityContext] | None
@@ -119,6 +128,13 @@ def mark_trainable(model: nn.Module, patterns: Iterable[str] = ()) -> int:
     return count
 
 
+def aux_loss(model: nn.Module) -> torch.Tensor | float:
+    """Sum of the adapters' auxiliary losses from their last forward (0.0 when none): add it to the task loss
+    before backward (the training loop does), never to the loss it reports."""
+    losses = [m.last_aux_loss for m in adapter_layers(model).values() if m.last_aux_loss is not None]
+    return torch.stack(losses).sum() if losses else 0.0
+
+
 def merge(model: nn.Module) -> list[str]:
     """Fold every adapter into its layer in place, leaving plain `nn.Linear` modules; returns the merged names."""
     layers = adapter_layers(model)
@@ -133,5 +149,5 @@ def merge(model: nn.Module) -> list[str]:
 
 __all__ = [
     "ADAPTERS", "AdapterConfig", "AdapterLinear", "AttachReport", "adapter_layers", "adapter_parameters",
-    "adapter_state", "attach", "mark_trainable", "merge",
+    "adapter_state", "attach", "aux_loss", "mark_trainable", "merge",
 ]

@@ -21,7 +21,13 @@ IMOD_OPTIONS = {
     "lambda2": 1e-4,  # weight of the MAAC gradient (L_MA)
     "mask_seed": 0,  # seed of the element-wise partition masks
 }
-OPTIONS = {"lora": {}, "dora": {}, "bitfit": {}, "imod": IMOD_OPTIONS}
+ROUTED_OPTIONS = {
+    "unimodal_lora": {},
+    "moka": {"cross_weight": 1.0},  # w in a_m' = a_m + w · softmax(a_m qᵀ/√r) q
+    "loramoe": {"experts": 4, "balance_coef": 0.0},  # balance_coef · CV²(router load): see loramoe.aux_loss
+    "hydralora": {"heads": 4},  # number of B heads
+}
+OPTIONS = {"lora": {}, "dora": {}, "bitfit": {}, "imod": IMOD_OPTIONS, **ROUTED_OPTIONS}
 
 
 @dataclass
@@ -68,6 +74,11 @@ class AdapterConfig:
                     raise ValueError(f"adapter.options.{key}: must be in [0, 1], got {opts[key]}")
             if opts["lambda1"] < 0 or opts["lambda2"] < 0:
                 raise ValueError("adapter.options.lambda1/lambda2: must be >= 0")
+        for key in ("experts", "heads"):
+            if key in opts and (int(opts[key]) != opts[key] or opts[key] < 1):
+                raise ValueError(f"adapter.options.{key}: must be an integer >= 1, got {opts[key]}")
+        if opts.get("balance_coef", 0) < 0:
+            raise ValueError(f"adapter.options.balance_coef: must be >= 0, got {opts['balance_coef']}")
 
     def resolved_options(self) -> dict:
         return {**OPTIONS.get(self.name, {}), **self.options}

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from transformers import get_cosine_schedule_with_warmup
 
-from pipeline.adapters import adapter_layers
+from pipeline.adapters import adapter_layers, aux_loss
 from pipeline.adapters.core import LowRankLinear
 from pipeline.adapters.dominance import DominanceProbe
 from pipeline.config import save_config, to_dict
@@ -152,8 +152,8 @@ def train(cfg: RunConfig) -> Path:
             with DominanceProbe(engine.module) if probing else nullcontext() as probe:
                 loss = engine(**batch).loss
                 finite = _all_sum([float(torch.isfinite(loss))], device)[0] == world
-                if finite:
-                    engine.backward(loss)
+                if finite:  # auxiliary adapter losses (LoRAMoE's balance loss) train the adapters, not the report
+                    engine.backward(loss + aux_loss(engine.module))
             if not finite:
                 bad_in_row += 1
                 dropped += 1
