@@ -21,7 +21,7 @@ IMOD_OPTIONS = {
     "lambda2": 1e-4,  # weight of the MAAC gradient (L_MA)
     "mask_seed": 0,  # seed of the element-wise partition masks
 }
-OPTIONS = {"lora": {}, "dora": {}, "bitfit": {}, "imod": IMOD_OPTIONS}
+OPTIONS = {"lora": {}, "dora": {}, "bitfit": {}, "imod": IMOD_OPTIONS, "mora": {}}
 
 
 @dataclass
@@ -68,6 +68,8 @@ class AdapterConfig:
                     raise ValueError(f"adapter.options.{key}: must be in [0, 1], got {opts[key]}")
             if opts["lambda1"] < 0 or opts["lambda2"] < 0:
                 raise ValueError("adapter.options.lambda1/lambda2: must be >= 0")
+        if self.name == "mora" and len(self.scope) < 2:
+            raise ValueError(f"adapter.scope: mora needs at least two towers (e.g. [vision, audio, llm]), got {self.scope}")
 
     def resolved_options(self) -> dict:
         return {**OPTIONS.get(self.name, {}), **self.options}
