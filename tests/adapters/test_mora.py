@@ -20,6 +20,7 @@ from pipeline.adapters.io import load_adapter, save_adapter
 from pipeline.adapters.mora import MoRALinear
 from pipeline.model.avllm import AVLLM
 from tests.model.conftest import mixed_samples
+from tests.train.conftest import free_port
 
 TOWERS = ["vision", "audio", "llm"]
 CFG = AdapterConfig(name="mora", rank=4, alpha=8, scope=TOWERS, targets=["q_proj", "o_proj", "out_proj"])
@@ -161,7 +162,7 @@ def test_config_errors_are_one_line(tiny_model_config, changes, message):
 def test_zero3_two_ranks_loss_falls(tiny_components, tmp_path):
     out = tmp_path / "report.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "PYTHONWARNINGS": "ignore"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            str(SCRIPT), str(tiny_components("llama")), str(out)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
