@@ -16,8 +16,9 @@ from torch import nn
 
 from adapter_helpers import randomize_adapters
 from pipeline.adapters import AdapterConfig, AdapterLinear, adapter_layers, adapter_parameters, attach, merge
-from pipeline.adapters.io import load_adapter, save_adapter
+from pipeline.adapters.io import export_peft, load_adapter, save_adapter
 from pipeline.adapters.mora import MoRALinear
+from pipeline.merge import MergeError, Source, check_mergeable
 from pipeline.model.avllm import AVLLM
 from tests.model.conftest import mixed_samples
 from tests.train.conftest import free_port
@@ -170,3 +171,14 @@ def test_zero3_two_ranks_loss_falls(tiny_components, tmp_path):
     losses = report["losses"]
     assert len(losses) == 10 and losses[-1] < losses[0] - 0.2, losses
     assert all(report["moved"][k] > 1e-3 for k in ("lora_A", "lora_B", "alpha_tower", "alpha_shared", "shared_S"))
+
+
+def test_exports_that_cannot_carry_mora_refuse_it(tiny_model_config, tmp_path):
+    """PEFT has no MoRA, and the streamed LLM merge folds one layer at a time while MoRA couples layers."""
+    model, _ = build(tiny_model_config)
+    with pytest.raises(ValueError, match="export_peft: adapter 'mora' has no PEFT LoRA equivalent"):
+        export_peft(model, tmp_path, CFG)
+    source = Source(tmp_path, tmp_path, model.config, None, CFG, list(adapter_layers(model)))
+    with pytest.raises(MergeError, match="adapter 'mora' on the LLM"):
+        check_mergeable(source, keep_adapters=False)
+    check_mergeable(source, keep_adapters=True)
