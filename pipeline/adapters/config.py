@@ -69,7 +69,8 @@ class AdapterConfig:
             if opts["lambda1"] < 0 or opts["lambda2"] < 0:
                 raise ValueError("adapter.options.lambda1/lambda2: must be >= 0")
         if self.name == "mora" and len(self.scope) < 2:
-            raise ValueError(f"adapter.scope: mora needs at least two towers (e.g. [vision, audio, llm]), got {self.scope}")
+            raise ValueError(f"adapter.scope: mora needs at least two towers (e.g. [vision, audio, llm]), "
+                             f"got {self.scope}")
 
     def resolved_options(self) -> dict:
         return {**OPTIONS.get(self.name, {}), **self.options}

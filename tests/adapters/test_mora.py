@@ -59,7 +59,8 @@ def reference_weight(layer: MoRALinear, s_by_block: dict[tuple[str, int], torch.
     """W from explicit tensors with einsum: G_o = mean of the other towers' S Sᵀ at the same block (equal depths)."""
     w0, s = layer.base_layer.weight, layer.scaling
     own = s_by_block[(layer.tower, layer.block)]
-    grams = [torch.einsum("rd,qd->rq", S, S) for (t, b), S in s_by_block.items() if t != layer.tower and b == layer.block]
+    grams = [torch.einsum("rd,qd->rq", S, S) for (t, b), S in s_by_block.items()
+             if t != layer.tower and b == layer.block]
     g_other = torch.stack(grams).mean(0)
     v_spec = w0 + s * torch.einsum("or,ri->oi", layer.lora_B, layer.lora_A)
     v_shared = w0 + s * torch.einsum("ri,rq,qj->ij", own, g_other, own)
@@ -148,7 +149,8 @@ def test_save_load_round_trip_is_exact(tiny_model_config, tmp_path):
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"targets": ["q_proj", "k_proj"]}, r"adapter.targets: mora adapts square layers only .* 'llm\..*k_proj' is 64 -> 32"),
+    ({"targets": ["q_proj", "k_proj"]},
+     r"adapter.targets: mora adapts square layers only .* 'llm\..*k_proj' is 64 -> 32"),
     ({"scope": ["llm"]}, r"adapter.scope: mora needs at least two towers"),
 ])
 def test_config_errors_are_one_line(tiny_model_config, changes, message):
