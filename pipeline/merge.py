@@ -109,6 +109,10 @@ def check_mergeable(source: Source, keep_adapters: bool) -> None:
         raise MergeError(f"adapter '{source.adapter.name}' ({cls.__name__}) cannot be merged: its output depends on "
                          "each token (routing or modality), which no fixed weight reproduces; use --keep-adapters "
                          "to write a checkpoint that carries the adapter modules")
+    if source.adapter.name == "mora" and "llm" in source.adapter.scope:
+        raise MergeError("adapter 'mora' on the LLM couples layers across blocks and towers, which the streamed LLM "
+                         "merge (one layer at a time) cannot fold; merge in memory with pipeline.adapters.merge "
+                         "or use --keep-adapters")
 
 
 # ---- the LLM, streamed ----------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from pipeline.adapters.lora import LoRALinear
 from pipeline.adapters.loramoe import LoRAMoELinear
 from pipeline.adapters.moka import MokALinear
 from pipeline.adapters.unimodal import UniModalLoRALinear
+from pipeline.adapters.mora import MoRALinear
 from pipeline.model.modality import ModalityContext
 
 ADAPTERS: dict[str, type[AdapterLinear]] = {
@@ -37,6 +38,7 @@ ADAPTERS: dict[str, type[AdapterLinear]] = {
     "moka": MokALinear,
     "loramoe": LoRAMoELinear,
     "hydralora": HydraLoRALinear,
+    "mora": MoRALinear,
 }
 
 Contexts = ModalityContext | Mapping[str, ModalityContext] | None
@@ -93,13 +95,13 @@ def attach(model: nn.Module, cfg: AdapterConfig, contexts: Contexts = None) -> A
     if not names:
         raise ValueError(f"adapter.targets: no linear layer matches {cfg.targets} (scope {cfg.scope or 'all'})")
     depths = _depths(names)
-    cls = ADAPTERS[cfg.name]
+    make_layer = ADAPTERS[cfg.name].layer_factory(cfg)
     for name in names:
         parent_name, _, leaf = name.rpartition(".")
         parent = model.get_submodule(parent_name)
         base = getattr(parent, leaf)
         base.requires_grad_(False)
-        layer = cls(base, cfg, _context_for(name, contexts), depths[name], name)
+        layer = make_layer(base, cfg, _context_for(name, contexts), depths[name], name)
         setattr(parent, leaf, layer)
     trainable = sum(p.numel() for p in adapter_parameters(model).values())
     return AttachReport(cfg.name, names, trainable)

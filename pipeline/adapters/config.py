@@ -24,10 +24,10 @@ IMOD_OPTIONS = {
 ROUTED_OPTIONS = {
     "unimodal_lora": {},
     "moka": {"cross_weight": 1.0},  # w in a_m' = a_m + w · softmax(a_m qᵀ/√r) q
-    "loramoe": {"experts": 4, "balance_coef": 0.0},  # balance_coef · CV²(router load): see loramoe.aux_loss
+    "loramoe": {"experts": 4, "balance_coef": 0.0},  # balance_coef · CV²(router load): see pipeline.adapters.aux_loss
     "hydralora": {"heads": 4},  # number of B heads
 }
-OPTIONS = {"lora": {}, "dora": {}, "bitfit": {}, "imod": IMOD_OPTIONS, **ROUTED_OPTIONS}
+OPTIONS = {"lora": {}, "dora": {}, "bitfit": {}, "imod": IMOD_OPTIONS, **ROUTED_OPTIONS, "mora": {}}
 
 
 @dataclass
@@ -79,6 +79,9 @@ class AdapterConfig:
                 raise ValueError(f"adapter.options.{key}: must be an integer >= 1, got {opts[key]}")
         if opts.get("balance_coef", 0) < 0:
             raise ValueError(f"adapter.options.balance_coef: must be >= 0, got {opts['balance_coef']}")
+        if self.name == "mora" and len(self.scope) < 2:
+            raise ValueError(f"adapter.scope: mora needs at least two towers (e.g. [vision, audio, llm]), "
+                             f"got {self.scope}")
 
     def resolved_options(self) -> dict:
         return {**OPTIONS.get(self.name, {}), **self.options}

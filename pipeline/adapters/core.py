@@ -8,6 +8,7 @@ device of the base weight are untouched, and `merge` can hand back a plain `nn.L
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import ClassVar
 
 import torch
@@ -37,6 +38,12 @@ class AdapterLinear(nn.Module):
         self.layer_name = name
         self.in_features = base.in_features
         self.out_features = base.out_features
+
+    @classmethod
+    def layer_factory(cls, cfg: AdapterConfig) -> Callable[..., AdapterLinear]:
+        """What `attach` calls once per target layer (with this class's constructor arguments). Called once per
+        attach, so a method whose layers share run-level state (MoRA's cross-tower registry) creates it here."""
+        return cls
 
     def _new_param(self, *shape: int) -> nn.Parameter:
         w = self.base_layer.weight

@@ -71,7 +71,7 @@ def export_peft(model: nn.Module, path: str | Path, cfg: AdapterConfig, base_mod
     from peft import LoraConfig
 
     layers = adapter_layers(model)
-    if not all(isinstance(m, LowRankLinear) for m in layers.values()):
+    if cfg.name not in ("lora", "dora", "imod") or not all(isinstance(m, LowRankLinear) for m in layers.values()):
         raise ValueError(f"export_peft: adapter '{cfg.name}' has no PEFT LoRA equivalent (lora, dora, imod only)")
     state = {}
     for name, layer in layers.items():

@@ -31,7 +31,7 @@ def test_invalid_values_name_the_key(data, key):
 
 def test_registry_names():
     assert list(ADAPTERS)[:4] == ["lora", "dora", "bitfit", "imod"]
-    assert {"unimodal_lora", "moka", "loramoe", "hydralora"} <= set(ADAPTERS)
+    assert {"unimodal_lora", "moka", "loramoe", "hydralora", "mora"} <= set(ADAPTERS)
 
 
 class Composed(nn.Module):

@@ -64,7 +64,7 @@ def test_training_forward_with_dropout_equals_peft(name):
     torch.testing.assert_close(outputs[0], outputs[1], atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("name", [n for n, cls in ADAPTERS.items() if cls.mergeable])
+@pytest.mark.parametrize("name", [n for n, cls in ADAPTERS.items() if cls.mergeable and n != "mora"])  # test_mora.py
 def test_merged_logits_equal_unmerged(name):
     model = tiny_llama()
     ctx = ModalityContext()
@@ -78,7 +78,7 @@ def test_merged_logits_equal_unmerged(name):
     torch.testing.assert_close(logits(model), before, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("name", list(ADAPTERS))
+@pytest.mark.parametrize("name", [n for n in ADAPTERS if n != "mora"])  # mora needs towers: test_mora.py
 def test_save_load_round_trip_is_exact(name, tmp_path):
     model = tiny_llama()
     cfg = AdapterConfig(name=name, rank=4, options={"mask_seed": 7} if name == "imod" else {})
