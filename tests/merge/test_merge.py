@@ -16,8 +16,6 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pipeline.adapters import ADAPTERS, AdapterConfig, AdapterLinear, adapter_layers
-from pipeline.adapters.config import OPTIONS
-from pipeline.adapters.lora import LoRALinear
 from pipeline.merge import PAUSE_ENV, MergeError, merge_run
 from pipeline.model.avllm import AVLLM
 from pipeline.model.processor import PLACEHOLDERS, AVSample
@@ -113,23 +111,15 @@ def test_keep_adapters_round_trip_gives_the_unmerged_logits(tmp_path, lora_run):
     torch.testing.assert_close(logits(loaded, mixed_samples()), logits(trained, mixed_samples()), rtol=0, atol=1e-5)
 
 
-class RoutedLinear(LoRALinear):
-    """Stand-in for a routed / token-dependent adapter (MokA, LoRAMoE, ...): LoRA marked non-mergeable."""
-
-    mergeable = False
-
-
-def test_non_mergeable_adapter_is_refused_and_kept_with_keep_adapters(tmp_path, tiny_model_config, monkeypatch):
-    """No non-mergeable adapter exists yet (Adapters II), so the test registers one for its duration."""
-    monkeypatch.setitem(ADAPTERS, "routed", RoutedLinear)
-    monkeypatch.setitem(OPTIONS, "routed", {})
-    run, trained = make_run(tmp_path / "run", tiny_model_config("llama"), AdapterConfig(name="routed", rank=4,
+@pytest.mark.parametrize("name", ["unimodal_lora", "moka", "loramoe", "hydralora"])
+def test_non_mergeable_adapter_is_refused_and_kept_with_keep_adapters(tmp_path, tiny_model_config, name):
+    run, trained = make_run(tmp_path / "run", tiny_model_config("llama"), AdapterConfig(name=name, rank=4,
                                                                                          scope=["llm"]))
     with pytest.raises(MergeError, match="cannot be merged.*--keep-adapters"):
         merge_run(run, tmp_path / "out")
     assert not (tmp_path / "out").exists() and not (tmp_path / ".out.partial").exists()
     loaded = AVLLM.from_pretrained(merge_run(run, tmp_path / "out", keep_adapters=True)).eval()
-    assert all(type(m) is RoutedLinear for m in loaded.modules() if isinstance(m, AdapterLinear))
+    assert all(type(m) is ADAPTERS[name] for m in loaded.modules() if isinstance(m, AdapterLinear))
     torch.testing.assert_close(logits(loaded, mixed_samples()), logits(trained, mixed_samples()), rtol=0, atol=1e-5)
 
 
