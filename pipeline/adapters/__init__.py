@@ -18,6 +18,7 @@ from torch import nn
 from pipeline.adapters.bitfit import BitFitLinear
 from pipeline.adapters.config import AdapterConfig
 from pipeline.adapters.core import AdapterLinear, adapter_layers, adapter_state
+from pipeline.adapters.delo import DeLoLinear
 from pipeline.adapters.dora import DoRALinear
 from pipeline.adapters.imod import IMoDLinear
 from pipeline.adapters.lora import LoRALinear
@@ -28,6 +29,7 @@ ADAPTERS: dict[str, type[AdapterLinear]] = {
     "dora": DoRALinear,
     "bitfit": BitFitLinear,
     "imod": IMoDLinear,
+    "delo": DeLoLinear,
 }
 
 Contexts = ModalityContext | Mapping[str, ModalityContext] | None

@@ -21,7 +21,13 @@ IMOD_OPTIONS = {
     "lambda2": 1e-4,  # weight of the MAAC gradient (L_MA)
     "mask_seed": 0,  # seed of the element-wise partition masks
 }
-OPTIONS = {"lora": {}, "dora": {}, "bitfit": {}, "imod": IMOD_OPTIONS}
+DELO_OPTIONS = {
+    "pool_size": 8,  # E: rank-one factors per (task, modality) pool; `rank` of them are selected per sample
+    "tasks": 1,  # task slots pre-allocated; `pipeline.adapters.delo.start_task` activates one, freezing the others
+    "align_weight": 0.1,  # weight of the visual-text query alignment loss in `pipeline.adapters.delo.aux_loss`
+    "key_momentum": 0.99,  # EMA momentum of the task keys
+}
+OPTIONS = {"lora": {}, "dora": {}, "bitfit": {}, "imod": IMOD_OPTIONS, "delo": DELO_OPTIONS}
 
 
 @dataclass
