@@ -16,7 +16,7 @@ from torch import nn
 
 from adapter_helpers import VOCAB, modality_ids, randomize_adapters, tiny_llama
 from pipeline.adapters import AdapterConfig, adapter_layers, adapter_parameters, attach, mark_trainable
-from pipeline.adapters.delo import DeLoLinear, aux_loss, start_task
+from pipeline.adapters.delo import DeLoLinear, aux_loss, proxy_queries, start_task
 from pipeline.adapters.io import load_adapter, save_adapter
 from pipeline.model.modality import Modality, ModalityContext
 
@@ -126,6 +126,25 @@ def test_task_keys_pick_each_tasks_pools_without_a_task_id():
     torch.testing.assert_close(got, reference(layer, x, ids, truth.tolist())[0], atol=1e-5, rtol=1e-5)
 
 
+def test_proxy_queries_and_key_ema():
+    model, layer, ctx = one_layer()
+    ids = mixed_ids()
+    ctx.set(ids)
+    xs = [torch.randn(*ids.shape, D_IN, generator=torch.Generator().manual_seed(s)) for s in (1, 2)]
+    q, present = proxy_queries(xs[0], (ids.unsqueeze(-1) == torch.arange(3)).float())
+    for b in range(len(ids)):
+        real = {m: xs[0][b][ids[b] == m].mean(0) for m in range(3) if (ids[b] == m).any()}
+        assert present[b].tolist() == [m in real for m in range(3)]
+        for m in range(3):
+            torch.testing.assert_close(q[b, m], real.get(m, torch.stack(list(real.values())).mean(0)))
+    start_task(model, 1)
+    for x in xs:
+        model.q_proj(x)
+    batch_keys = [proxy_queries(x, (ids.unsqueeze(-1) == torch.arange(3)).float())[0].mean(0) for x in xs]
+    torch.testing.assert_close(layer.task_keys[1], 0.99 * batch_keys[0] + 0.01 * batch_keys[1])
+    assert layer.key_seen.tolist() == [False, True] and not layer.task_keys[0].any()
+
+
 def llama_with_delo(tasks: int = 2) -> tuple[nn.Module, ModalityContext, AdapterConfig]:
     model, ctx = tiny_llama(), ModalityContext()
     cfg = AdapterConfig(name="delo", rank=2, options={"tasks": tasks, "pool_size": 4})
@@ -143,6 +162,8 @@ def test_earlier_task_is_bit_frozen_while_a_later_one_trains():
     mark_trainable(model)
     start_task(model, 1)
     layers = adapter_layers(model).values()
+    assert all(not p.requires_grad for m in layers for p in m.task_parameters(0))
+    assert all(p.requires_grad for m in layers for p in m.task_parameters(1))
     frozen = [p.detach().clone() for m in layers for p in m.task_parameters(0)]
     active = [p.detach().clone() for m in layers for p in m.task_parameters(1)]
     opt = torch.optim.AdamW(adapter_parameters(model).values(), lr=1e-2, weight_decay=0.1)  # all, even frozen
