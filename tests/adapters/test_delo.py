@@ -15,10 +15,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from adapter_helpers import VOCAB, modality_ids, randomize_adapters, tiny_llama
-from pipeline.adapters import AdapterConfig, adapter_layers, adapter_parameters, attach, mark_trainable
+from pipeline.adapters import AdapterConfig, adapter_layers, adapter_parameters, adapter_state, attach, mark_trainable
 from pipeline.adapters.delo import DeLoLinear, aux_loss, proxy_queries, start_task
 from pipeline.adapters.io import load_adapter, save_adapter
 from pipeline.model.modality import Modality, ModalityContext
+from pipeline.train.checkpoint import gather_trainables
 
 D_IN, D_OUT = 16, 12
 
@@ -204,6 +205,16 @@ def test_save_load_is_exact_with_keys_and_active_task(tmp_path):
     model.eval(), loaded.eval()
     with torch.no_grad():
         assert torch.equal(model(input_ids=TOKENS).logits, loaded(input_ids=TOKENS).logits)
+
+
+def test_run_export_keeps_the_frozen_tasks():
+    """A run's export (what merge --keep-adapters reads) holds every task's pools, not only the trainable ones."""
+    model, _, _ = llama_with_delo()
+    mark_trainable(model)
+    start_task(model, 1)
+    exported = gather_trainables(model)
+    assert adapter_state(model).keys() <= exported.keys()
+    assert any(k.endswith(".pool_a0") for k in exported)
 
 
 @pytest.mark.slow
