@@ -26,11 +26,11 @@ Tasks. Option `tasks` pre-allocates T task slots (parameter names are fixed, so 
 `start_task(model, t)` makes task t the active one: its pools and router train, every other task's are frozen
 (requires_grad False). The trainable set changes, so a loop calls it after `mark_trainable` (which would unfreeze
 all adapter parameters) and builds a new optimizer / DeepSpeed engine per task. In training mode every sample uses
-the active task, and the active task's key K_t [3, d_in] (buffer `task_keys`) follows an EMA of the batch-mean
-proxy-filled queries (`key_momentum`; the first batch sets it). In eval mode each sample takes, per layer, the
-task whose key is nearest (squared Euclidean over the three queries) among the tasks that have a key, so no task id
-is needed at inference. Keys are per rank under data parallelism (each an EMA of its own stream; rank 0's are saved)
-and non-reentrant gradient checkpointing updates them twice per step.
+the active task, and in forwards with grad enabled the active task's key K_t [3, d_in] (buffer `task_keys`) follows
+an EMA of the batch-mean proxy-filled queries (`key_momentum`; the first batch sets it). In eval mode each sample
+takes, per layer, the task whose key is nearest (squared Euclidean over the three queries) among the tasks that have
+a key, so no task id is needed at inference. Keys are per rank under data parallelism (each an EMA of its own
+stream; rank 0's are saved) and non-reentrant gradient checkpointing updates them twice per step.
 
 Routing is recomputed per forward, so KV-cache decoding routes each step from its own tokens. Not mergeable: ΔW
 depends on the input.
@@ -89,13 +89,12 @@ class DeLoLinear(AdapterLinear):
         self.scaling = cfg.alpha / cfg.rank
         self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
         n, e = len(MODALITIES), self.pool_size
-        for t in range(self.tasks):
-            a, b, router = self._new_param(n, e, self.in_features), self._new_param(self.out_features, n, e), \
-                self._new_param(n, e, self.in_features)
+        for t in range(self.tasks):  # plain attributes, not a ParameterList: ZeRO-3 gathers a module's own params
+            a, router = self._new_param(n, e, self.in_features), self._new_param(n, e, self.in_features)
             for p in (a, router):
                 nn.init.kaiming_uniform_(p.view(n * e, -1), a=math.sqrt(5))
             self.register_parameter(f"pool_a{t}", a)
-            self.register_parameter(f"pool_b{t}", b)
+            self.register_parameter(f"pool_b{t}", self._new_param(self.out_features, n, e))
             self.register_parameter(f"router{t}", router)
         dev = base.weight.device
         self.register_buffer("task_keys", torch.zeros(self.tasks, n, self.in_features, device=dev))

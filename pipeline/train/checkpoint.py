@@ -7,7 +7,8 @@ only considers directories with the marker, so a crash mid-save is ignored.
 
 `final/` (and each checkpoint) holds `trainables.safetensors` — every trainable parameter plus all the adapters' own
 tensors, frozen ones included (IMoD's partition masks, DeLo's task keys and earlier tasks' pools), keyed by their
-names in the AVLLM, gathered from ZeRO-3 partitions on rank 0 — and `adapter.json` (the adapter config and adapted layers, or null for a stage-1 run).
+names in the AVLLM, gathered from ZeRO-3 partitions on rank 0 — and `adapter.json` (the adapter config and adapted
+layers, or null for a stage-1 run).
 """
 
 from __future__ import annotations

@@ -49,7 +49,8 @@ def mixed_ids() -> torch.Tensor:
     return ids
 
 
-def reference(layer: DeLoLinear, x: torch.Tensor, ids: torch.Tensor, tasks: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+def reference(layer: DeLoLinear, x: torch.Tensor, ids: torch.Tensor,
+              tasks: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Output and L_align written out per sample, per modality: explicit queries, proxy, top-k and Σ b_i ⊗ a_i."""
     out = layer.base_layer(x).clone()
     aligns = []
