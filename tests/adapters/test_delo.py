@@ -19,7 +19,12 @@ from pipeline.adapters import AdapterConfig, adapter_layers, adapter_parameters,
 from pipeline.adapters.delo import DeLoLinear, aux_loss, proxy_queries, start_task
 from pipeline.adapters.io import load_adapter, save_adapter
 from pipeline.model.modality import Modality, ModalityContext
-from pipeline.train.checkpoint import gather_trainables
+from pipeline.config import save_config
+from pipeline.merge import MergeError, merge_run
+from pipeline.model.avllm import AVLLM
+from pipeline.train.checkpoint import gather_trainables, write_trainables
+from pipeline.train.config import RunConfig
+from tests.model.conftest import mixed_samples
 
 D_IN, D_OUT = 16, 12
 
@@ -216,6 +221,33 @@ def test_run_export_keeps_the_frozen_tasks():
     exported = gather_trainables(model)
     assert adapter_state(model).keys() <= exported.keys()
     assert any(k.endswith(".pool_a0") for k in exported)
+
+
+def test_run_export_reloads_with_keep_adapters(tmp_path, tiny_model_config):
+    """In the composed model, on video+audio / image-only / audio-only / text-only samples: a run's export with
+    task 1 active (task 0 frozen), kept unmerged by the merge step, reloads to the same logits."""
+    model_cfg = tiny_model_config("llama")
+    model = AVLLM.from_config(model_cfg)
+    adapter = AdapterConfig(name="delo", rank=2, scope=["llm"], options={"tasks": 2, "pool_size": 4})
+    attach(model, adapter)
+    randomize_adapters(model)
+    mark_trainable(model, ["projectors.*"])
+    start_task(model, 1)
+    with torch.no_grad():
+        for layer in adapter_layers(model).values():
+            layer.task_keys.normal_()
+            layer.key_seen.fill_(True)
+    write_trainables(model, adapter, tmp_path / "run/final")
+    save_config(RunConfig(output_dir=str(tmp_path / "run"), stage=2, model=model_cfg, adapter=adapter),
+                tmp_path / "run/config.yaml")
+    with pytest.raises(MergeError, match="cannot be merged"):
+        merge_run(tmp_path / "run", tmp_path / "merged")
+    loaded = AVLLM.from_pretrained(merge_run(tmp_path / "run", tmp_path / "kept", keep_adapters=True)).eval()
+    model.eval()
+    with torch.no_grad():
+        expected = model(**model.build_processor()(mixed_samples())).logits
+        got = loaded(**loaded.build_processor()(mixed_samples())).logits
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
 
 
 @pytest.mark.slow
