@@ -19,6 +19,7 @@ from torch import nn
 from pipeline.adapters.bitfit import BitFitLinear
 from pipeline.adapters.config import AdapterConfig
 from pipeline.adapters.core import AdapterLinear, adapter_layers, adapter_state
+from pipeline.adapters.delo import DeLoLinear
 from pipeline.adapters.dora import DoRALinear
 from pipeline.adapters.hydralora import HydraLoRALinear
 from pipeline.adapters.imod import IMoDLinear
@@ -39,6 +40,7 @@ ADAPTERS: dict[str, type[AdapterLinear]] = {
     "loramoe": LoRAMoELinear,
     "hydralora": HydraLoRALinear,
     "mora": MoRALinear,
+    "delo": DeLoLinear,
 }
 
 Contexts = ModalityContext | Mapping[str, ModalityContext] | None

@@ -27,7 +27,14 @@ ROUTED_OPTIONS = {
     "loramoe": {"experts": 4, "balance_coef": 0.0},  # balance_coef · CV²(router load): see pipeline.adapters.aux_loss
     "hydralora": {"heads": 4},  # number of B heads
 }
-OPTIONS = {"lora": {}, "dora": {}, "bitfit": {}, "imod": IMOD_OPTIONS, **ROUTED_OPTIONS, "mora": {}}
+DELO_OPTIONS = {
+    "pool_size": 8,  # E: rank-one factors per (task, modality) pool; `rank` of them are selected per sample
+    "tasks": 1,  # task slots pre-allocated; `pipeline.adapters.delo.start_task` activates one, freezing the others
+    "align_weight": 0.1,  # weight of the visual-text query alignment loss (`pipeline.adapters.aux_loss`)
+    "key_momentum": 0.99,  # EMA momentum of the task keys
+}
+OPTIONS = {"lora": {}, "dora": {}, "bitfit": {}, "imod": IMOD_OPTIONS, **ROUTED_OPTIONS, "mora": {},
+           "delo": DELO_OPTIONS}
 
 
 @dataclass

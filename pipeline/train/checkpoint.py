@@ -5,9 +5,10 @@ one `rank-R.json` + `rank-R.safetensors` per rank (loader position, step counter
 `trainables.safetensors`, and a `COMPLETE` marker written last by rank 0 after every rank has finished. `resume=auto`
 only considers directories with the marker, so a crash mid-save is ignored.
 
-`final/` (and each checkpoint) holds `trainables.safetensors` — every trainable parameter plus the adapters'
-persistent buffers (IMoD's partition masks), keyed by their names in the AVLLM, gathered from ZeRO-3 partitions on
-rank 0 — and `adapter.json` (the adapter config and adapted layers, or null for a stage-1 run).
+`final/` (and each checkpoint) holds `trainables.safetensors` — every trainable parameter plus all the adapters' own
+tensors, frozen ones included (IMoD's partition masks, DeLo's task keys and earlier tasks' pools), keyed by their
+names in the AVLLM, gathered from ZeRO-3 partitions on rank 0 — and `adapter.json` (the adapter config and adapted
+layers, or null for a stage-1 run).
 """
 
 from __future__ import annotations
@@ -41,17 +42,18 @@ def _barrier() -> None:
 
 
 def gather_trainables(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Full copies (on rank 0; empty elsewhere) of the trainable parameters and the adapters' buffers."""
+    """Full copies (on rank 0; empty elsewhere) of the trainable parameters and the adapters' own tensors."""
     out: dict[str, torch.Tensor] = {}
     params = dict(model.named_parameters())
+    adapter = adapter_state(model)
     for name, param in params.items():
-        if not param.requires_grad:
+        if not (param.requires_grad or name in adapter):
             continue
         with deepspeed.zero.GatheredParameters([param], modifier_rank=None):  # no-op unless ZeRO-3 partitioned
             if _rank() == 0:
                 out[name] = param.detach().to("cpu", copy=True).contiguous()
     if _rank() == 0:
-        for name, buffer in adapter_state(model).items():
+        for name, buffer in adapter.items():
             if name not in params:
                 out[name] = buffer.detach().cpu().contiguous()
     return out

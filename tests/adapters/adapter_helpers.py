@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -38,3 +45,16 @@ def randomize_adapters(model: torch.nn.Module, seed: int = 1) -> None:
     with torch.no_grad():
         for p in adapter_parameters(model).values():
             p.add_(0.05 * torch.randn(p.shape, generator=gen))
+
+
+def run_two_ranks(script: str, out: Path, *args: str) -> dict:
+    """Run `script` (beside this file) on 2 CPU ranks with torchrun on a free port; return the json it writes to out."""
+    with socket.socket() as sock:  # a free port: other 2-rank tests may run on this machine at the same time
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+           str(Path(__file__).with_name(script)), *args, str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(Path(out).read_text())

@@ -30,7 +30,7 @@ def test_invalid_values_name_the_key(data, key):
 
 def test_registry_names():
     assert list(ADAPTERS)[:4] == ["lora", "dora", "bitfit", "imod"]
-    assert {"unimodal_lora", "moka", "loramoe", "hydralora", "mora"} <= set(ADAPTERS)
+    assert {"unimodal_lora", "moka", "loramoe", "hydralora", "mora", "delo"} <= set(ADAPTERS)
 
 
 class Composed(nn.Module):
@@ -69,7 +69,9 @@ def test_no_match_is_an_error():
 
 def _formula(name: str, shapes: list[tuple[int, int]], r: int) -> int:
     lora = sum(r * (i + o) for i, o in shapes)
-    return {"lora": lora, "imod": lora, "dora": lora + sum(o for _, o in shapes), "bitfit": sum(o for _, o in shapes)}[name]
+    delo = sum(3 * 8 * (2 * i + o) for i, o in shapes)  # one task, 3 modalities x pool_size 8 x (a, router, b)
+    return {"lora": lora, "imod": lora, "dora": lora + sum(o for _, o in shapes), "bitfit": sum(o for _, o in shapes),
+            "delo": delo}[name]
 
 
 @pytest.mark.parametrize("name", ["lora", "dora", "bitfit", "imod"])  # the routed methods: test_routed.py

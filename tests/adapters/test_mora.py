@@ -3,29 +3,22 @@ merge, exact save/load, config errors, and a 2-rank ZeRO-3 run whose loss falls.
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from adapter_helpers import randomize_adapters, run_two_ranks
 from torch import nn
 
-from adapter_helpers import randomize_adapters
 from pipeline.adapters import AdapterConfig, AdapterLinear, adapter_layers, adapter_parameters, attach, merge
 from pipeline.adapters.io import export_peft, load_adapter, save_adapter
 from pipeline.adapters.mora import MoRALinear
 from pipeline.merge import MergeError, Source, check_mergeable
 from pipeline.model.avllm import AVLLM
 from tests.model.conftest import mixed_samples
-from tests.train.conftest import free_port
 
 TOWERS = ["vision", "audio", "llm"]
 CFG = AdapterConfig(name="mora", rank=4, alpha=8, scope=TOWERS, targets=["q_proj", "o_proj", "out_proj"])
-SCRIPT = Path(__file__).with_name("ds_mora_check.py")
 
 
 def build(tiny_model_config, cfg: AdapterConfig = CFG) -> tuple[AVLLM, dict]:
@@ -163,13 +156,7 @@ def test_config_errors_are_one_line(tiny_model_config, changes, message):
 
 @pytest.mark.slow
 def test_zero3_two_ranks_loss_falls(tiny_components, tmp_path):
-    out = tmp_path / "report.json"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "PYTHONWARNINGS": "ignore"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-           str(SCRIPT), str(tiny_components("llama")), str(out)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(out.read_text())
+    report = run_two_ranks("ds_mora_check.py", tmp_path / "report.json", str(tiny_components("llama")))
     losses = report["losses"]
     assert len(losses) == 10 and losses[-1] < losses[0] - 0.2, losses
     assert all(report["moved"][k] > 1e-3 for k in ("lora_A", "lora_B", "alpha_tower", "alpha_shared", "shared_S"))

@@ -3,22 +3,15 @@ modality locality and KV-cache decoding, LoRAMoE's balance loss, merge refusal a
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from adapter_helpers import VOCAB, modality_ids, randomize_adapters, run_two_ranks, tiny_llama
 from torch import nn
 
-from adapter_helpers import VOCAB, modality_ids, randomize_adapters, tiny_llama
-from pipeline.adapters import ADAPTERS, AdapterConfig, adapter_layers, attach, merge
+from pipeline.adapters import ADAPTERS, AdapterConfig, adapter_layers, attach, aux_loss, merge
 from pipeline.adapters.io import load_adapter, save_adapter
-from pipeline.adapters import aux_loss
 from pipeline.merge import MergeError, merge_run
 from pipeline.model.avllm import AVLLM
 from pipeline.model.modality import Modality, ModalityContext
@@ -280,16 +273,7 @@ def test_launch_merge_refuses_and_keep_adapters_ships_the_unmerged_model(name, t
 
 @pytest.mark.slow
 def test_zero3_two_ranks_loss_falls_for_every_method(tmp_path):
-    out = tmp_path / "losses.json"
-    with socket.socket() as sock:  # a free port: other worktrees' 2-rank tests may run at the same time
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "PYTHONWARNINGS": "ignore"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-           str(Path(__file__).with_name("ds_routed_check.py")), str(out)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    losses = json.loads(out.read_text())
+    losses = run_two_ranks("ds_routed_check.py", tmp_path / "losses.json")
     assert sorted(losses) == sorted(ROUTED)
     for name, curve in losses.items():
         assert curve[-1] < 0.9 * curve[0], (name, curve)
