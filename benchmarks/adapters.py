@@ -5,6 +5,9 @@ span, an audio span, the rest text). Steps are interleaved across variants (one 
 the order) so that drift of the machine hits all alike; the table reports medians.
 
     python benchmarks/adapters.py [--hidden 512 --layers 2 --seq 256 --batch 2 --steps 15] [--clock cpu] [--json PATH]
+    python benchmarks/adapters.py --all ...    also BitFit and the Adapters II methods (MoRA needs the composed
+                                               model's towers, so it is not in this single-LLM benchmark), with their
+                                               unmerged inference latency relative to the bare base model
 
 `--clock cpu` times each step by the process's CPU time instead of wall time: on a shared machine the wall time of
 a step includes the time other sessions held the core, the CPU time much less so.
@@ -36,6 +39,10 @@ from pipeline.adapters.config import DEFAULT_TARGETS  # noqa: E402
 from pipeline.model.modality import Modality, ModalityContext  # noqa: E402
 
 
+CORE = ("lora", "dora", "imod")
+EXTRA = ("bitfit", "unimodal_lora", "moka", "loramoe", "hydralora", "delo")
+
+
 def build_models(args) -> tuple[dict[str, torch.nn.Module], ModalityContext]:
     torch.manual_seed(0)
     base = LlamaForCausalLM(LlamaConfig(
@@ -47,20 +54,24 @@ def build_models(args) -> tuple[dict[str, torch.nn.Module], ModalityContext]:
     ctx = ModalityContext()
     models = {"peft-lora": get_peft_model(copy.deepcopy(base), LoraConfig(r=args.rank, lora_alpha=2 * args.rank,
                                                                           target_modules=DEFAULT_TARGETS))}
-    for name in ("lora", "dora", "imod"):
+    for name in CORE + (EXTRA if args.all else ()):
         model = copy.deepcopy(base)
         attach(model, AdapterConfig(name=name, rank=args.rank, alpha=2 * args.rank), ctx)
         models[name] = model
     for model in models.values():
         model.train()
+    models["base"] = base  # inference reference only
     return models, ctx
 
 
-def modality_map(batch: int, seq: int) -> torch.Tensor:
+def modality_map(batch: int, seq: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A visual span, an audio span, the rest text; the last eighth is the question (MokA attends to it)."""
     ids = torch.full((batch, seq), int(Modality.TEXT))
     ids[:, 4 : 4 + seq // 4] = int(Modality.VISUAL)
     ids[:, 4 + seq // 4 : 4 + seq // 4 + seq // 8] = int(Modality.AUDIO)
-    return ids
+    question = torch.zeros(batch, seq, dtype=torch.bool)
+    question[:, -seq // 8 :] = True
+    return ids, question
 
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
@@ -71,6 +82,25 @@ def step(model: torch.nn.Module, tokens: torch.Tensor, clock: Callable[[], float
     start = clock()
     model(input_ids=tokens, labels=tokens).loss.backward()
     return clock() - start
+
+
+@torch.no_grad()
+def infer(model: torch.nn.Module, tokens: torch.Tensor, clock: Callable[[], float] = time.perf_counter) -> float:
+    start = clock()
+    model(input_ids=tokens)
+    return clock() - start
+
+
+def interleaved(models: dict[str, torch.nn.Module], run, steps: int) -> dict[str, float]:
+    """Median time of `run(model)` per model: 2 warm-up rounds, then `steps` rounds in a rotating order."""
+    names = list(models)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for round_ in range(steps + 2):
+        for name in names[round_ % len(names):] + names[: round_ % len(names)]:
+            elapsed = run(models[name])
+            if round_ >= 2:
+                times[name].append(elapsed)
+    return {n: statistics.median(t) for n, t in times.items()}
 
 
 def main() -> None:
@@ -84,22 +114,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=15, help="timed steps per variant (after 2 warm-up rounds)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--clock", choices=CLOCKS, default="wall", help="wall time or process CPU time per step")
-    parser.add_argument("--json", type=Path, help="write the three ratios here")
+    parser.add_argument("--all", action="store_true", help="also BitFit and the Adapters II methods")
+    parser.add_argument("--json", type=Path, help="write the ratios here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     models, ctx = build_models(args)
     tokens = torch.randint(0, args.vocab, (args.batch, args.seq), generator=torch.Generator().manual_seed(0))
-    ctx.set(modality_map(args.batch, args.seq))
-    names = list(models)
-    times: dict[str, list[float]] = {n: [] for n in names}
-    for round_ in range(args.steps + 2):
-        order = names[round_ % len(names):] + names[: round_ % len(names)]
-        for name in order:
-            elapsed = step(models[name], tokens, CLOCKS[args.clock])
-            if round_ >= 2:
-                times[name].append(elapsed)
-    median = {n: statistics.median(t) for n, t in times.items()}
+    ctx.set(*modality_map(args.batch, args.seq))
+    clock = CLOCKS[args.clock]
+    trained = {n: m for n, m in models.items() if n != "base"}
+    median = interleaved(trained, lambda m: step(m, tokens, clock), args.steps)
     ratios = {
         "imod_over_lora": median["imod"] / median["lora"],
         "lora_over_peft": median["lora"] / median["peft-lora"],
@@ -107,13 +132,24 @@ def main() -> None:
     }
     print(f"Llama hidden {args.hidden}, {args.layers} layers, batch {args.batch} x seq {args.seq}, rank {args.rank}, "
           f"fp32, {args.threads} threads, median {args.clock} time of {args.steps} interleaved steps\n")
-    print("| adapter | median step (ms) | vs our LoRA |\n|---|---:|---:|")
-    for name in names:
-        print(f"| {name} | {1000 * median[name]:.1f} | {median[name] / median['lora']:.3f} |")
+    inference = {}
+    if args.all:
+        for model in models.values():
+            model.eval()
+        inference = interleaved(models, lambda m: infer(m, tokens, clock), args.steps)
+        for name in EXTRA:
+            ratios[f"{name}_over_lora"] = median[name] / median["lora"]
+        for name in trained:
+            ratios[f"{name}_inference_over_base"] = inference[name] / inference["base"]
+    print("| adapter | median train step (ms) | vs our LoRA |" + (" inference vs base |" if inference else "")
+          + "\n|---|---:|---:|" + ("---:|" if inference else ""))
+    for name in trained:
+        row = f"| {name} | {1000 * median[name]:.1f} | {median[name] / median['lora']:.3f} |"
+        print(row + (f" {inference[name] / inference['base']:.3f} |" if inference else ""))
     print("\n| ratio | value | target |\n|---|---:|---:|")
-    targets = {"imod_over_lora": "<= 1.05", "lora_over_peft": "<= 1.00", "dora_over_lora": "-"}
-    for key, value in ratios.items():
-        print(f"| {key} | {value:.3f} | {targets[key]} |")
+    targets = {"imod_over_lora": "<= 1.05", "lora_over_peft": "<= 1.00"}
+    for key in ("imod_over_lora", "lora_over_peft", "dora_over_lora"):
+        print(f"| {key} | {ratios[key]:.3f} | {targets.get(key, '-')} |")
     if args.json:
         args.json.write_text(json.dumps(ratios, indent=2))
 
