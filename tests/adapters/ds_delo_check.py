@@ -20,14 +20,14 @@ from pipeline.adapters import AdapterConfig, adapter_layers, attach, mark_traina
 from pipeline.adapters import aux_loss  # noqa: E402
 from pipeline.adapters.delo import start_task  # noqa: E402
 from pipeline.model.modality import ModalityContext  # noqa: E402
+from pipeline.train.loop import init_distributed  # noqa: E402
 
 STEPS = 10
 
 
 def main() -> None:
     torch.set_num_threads(1)
-    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # skips a 30 s JIT compile; gloo does the work
-    deepspeed.init_distributed(dist_backend="gloo")
+    init_distributed(torch.device("cpu"))  # gloo, without the 30 s JIT compile of the shm op
     rank = dist.get_rank()
     model, ctx = tiny_llama(), ModalityContext()
     attach(model, AdapterConfig(name="delo", rank=2, alpha=8, options={"tasks": 2, "pool_size": 4}), ctx)

@@ -20,6 +20,7 @@ from pipeline.config import load_config  # noqa: E402
 from pipeline.model.avllm import AVLLM  # noqa: E402
 from tests.conftest import ModelOnly  # noqa: E402
 from tests.model.conftest import mixed_samples  # noqa: E402
+from pipeline.train.loop import init_distributed  # noqa: E402
 
 CFG = AdapterConfig(name="mora", rank=4, scope=["vision", "audio", "llm"], targets=["q_proj", "o_proj", "out_proj"])
 STEPS = 10
@@ -27,8 +28,7 @@ STEPS = 10
 
 def main() -> None:
     torch.set_num_threads(1)
-    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # skips a 30 s JIT compile; gloo does the work
-    deepspeed.init_distributed(dist_backend="gloo")
+    init_distributed(torch.device("cpu"))  # gloo, without the 30 s JIT compile of the shm op
     rank = dist.get_rank()
     torch.manual_seed(0)  # the same fresh projectors on both ranks
     model = AVLLM.from_config(load_config(ModelOnly, sys.argv[1], []).model)

@@ -19,6 +19,7 @@ from adapter_helpers import VOCAB, modality_ids, tiny_llama  # noqa: E402
 from pipeline.adapters import AdapterConfig, attach  # noqa: E402
 from pipeline.adapters import aux_loss  # noqa: E402
 from pipeline.model.modality import Modality, ModalityContext  # noqa: E402
+from pipeline.train.loop import init_distributed  # noqa: E402
 
 METHODS = {"unimodal_lora": {}, "moka": {}, "loramoe": {"balance_coef": 0.01}, "hydralora": {}}
 STEPS = 10
@@ -53,8 +54,7 @@ def train(name: str, options: dict) -> list[float]:
 
 def main() -> None:
     torch.set_num_threads(1)
-    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # skips a 30 s JIT compile; gloo does the work
-    deepspeed.init_distributed(dist_backend="gloo")
+    init_distributed(torch.device("cpu"))  # gloo, without the 30 s JIT compile of the shm op
     report = {name: train(name, options) for name, options in METHODS.items()}
     if dist.get_rank() == 0:
         Path(sys.argv[1]).write_text(json.dumps(report))
