@@ -16,6 +16,7 @@ drop the consumed samples without decoding them, so resuming costs reading, not 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -27,6 +28,7 @@ import torch
 
 from pipeline.data.config import DataConfig
 from pipeline.data.media import warm_up
+from pipeline.data.missing import MissingConfig
 from pipeline.data.plan import EpochPlan, epoch_plan, resolve_all
 from pipeline.data.stream import Processor, WorkerStream
 
@@ -50,14 +52,18 @@ class ShardLoader:
 
     `skipped` counts skipped samples by reason (bad_json, bad_video, bad_audio, bad_image, missing_media,
     placeholder_mismatch, rejected_by_processor, unreadable_shard) and `bad_shards` names the shards that failed.
+    With `missing` (see `pipeline.data.missing`), `missing` counts the samples handed out without audio or visual.
     """
 
     def __init__(self, cfg: DataConfig, processor: Processor, rank: int | None = None,
-                 world_size: int | None = None) -> None:
+                 world_size: int | None = None, missing: MissingConfig | None = None) -> None:
         cfg.validate()
+        if missing is not None:
+            missing.validate()
         env_rank, env_world = _rank_world()
         self.cfg = cfg
         self.processor = processor
+        self.missing_cfg = missing
         self.rank = env_rank if rank is None else rank
         self.world_size = env_world if world_size is None else world_size
         if not 0 <= self.rank < self.world_size:
@@ -68,6 +74,7 @@ class ShardLoader:
         self.step = 0
         self.workers: dict[int, dict] = {}
         self.skipped: Counter = Counter()
+        self.missing: Counter = Counter()
         self.bad_shards: list[str] = []
 
     def plan(self, epoch: int | None = None) -> EpochPlan:
@@ -86,11 +93,13 @@ class ShardLoader:
 
     def __iter__(self) -> Iterator[dict]:
         plan = self.plan()
-        stream = WorkerStream(self.cfg, plan, self.rank, self.epoch, self.processor, dict(self.workers))
+        stream = WorkerStream(self.cfg, plan, self.rank, self.epoch, self.processor, dict(self.workers),
+                              self.missing_cfg)
         loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=self.cfg.num_workers,
                                              collate_fn=_identity)
         for item in loader:
             self.skipped.update(item["skipped"])
+            self.missing.update(item["missing"])
             for shard in item["bad_shards"]:
                 log.warning("data: cannot read shard %s", shard)
                 self.bad_shards.append(shard)
@@ -109,7 +118,8 @@ class ShardLoader:
         digest = hashlib.sha1(json.dumps([shards, sources]).encode()).hexdigest()[:16]
         return {"world_size": self.world_size, "num_workers": self.cfg.num_workers, "seed": self.cfg.seed,
                 "micro_batch_size": self.cfg.micro_batch_size, "shuffle_buffer": self.cfg.shuffle_buffer,
-                "num_frames": self.cfg.num_frames, "shards": digest}
+                "num_frames": self.cfg.num_frames, "shards": digest,
+                "missing": list(dataclasses.astuple(self.missing_cfg)) if self.missing_cfg else None}
 
     def state_dict(self) -> dict:
         """Position after the last batch handed out (json-serialisable)."""

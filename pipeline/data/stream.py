@@ -17,6 +17,7 @@ import webdataset as wds
 
 from pipeline.data.config import DataConfig
 from pipeline.data.media import CorruptSample, allowed_file, decode_sample
+from pipeline.data.missing import MissingConfig, apply_missing
 from pipeline.data.plan import EpochPlan, ShardRef
 from pipeline.model.processor import AVSample
 
@@ -44,13 +45,15 @@ def mix(streams: list[Iterator[dict]], weights: list[float], rng: random.Random)
 
 
 class WorkerStream(torch.utils.data.IterableDataset):
-    """Yields dicts {"batch", "worker", "cycle", "offset", "batches", "skipped", "bad_shards"}: the batch and the
-    worker's position after it (pass, raw samples pulled, batches made). The last item per worker has batch None and
-    only the counts since the last batch. `resume` maps worker -> {cycle, offset, batches}."""
+    """Yields dicts {"batch", "worker", "cycle", "offset", "batches", "skipped", "missing", "bad_shards"}: the batch
+    and the worker's position after it (pass, raw samples pulled, batches made). The last item per worker has batch
+    None and only the counts since the last batch. `resume` maps worker -> {cycle, offset, batches}. With `missing`,
+    samples lose a modality as `pipeline.data.missing` describes; `missing` counts them by the modality lost."""
 
     def __init__(self, cfg: DataConfig, plan: EpochPlan, rank: int, epoch: int, processor: Processor,
-                 resume: dict[int, dict] | None = None) -> None:
+                 resume: dict[int, dict] | None = None, missing: MissingConfig | None = None) -> None:
         self.cfg, self.plan, self.rank, self.epoch = cfg, plan, rank, epoch
+        self.missing = missing if missing is not None and missing.rate > 0 else None
         self.encode = getattr(processor, "encode", None)
         self.collate = processor.collate if self.encode is not None else processor
         self.resume = resume or {}
@@ -71,14 +74,19 @@ class WorkerStream(torch.utils.data.IterableDataset):
         size = self.cfg.shuffle_buffer
         return wds.shuffle(size, initial=size, rng=random.Random(f"shuffle-{tag}"))(mixed)
 
-    def _prepare(self, sample: dict, skipped: Counter) -> object | None:
-        """Decode one raw sample, and encode it when the processor can do so per sample (AVProcessor.encode), so
-        that a sample the processor rejects (ValueError) is skipped and counted and batches stay full."""
+    def _prepare(self, sample: dict, skipped: Counter, missing: Counter) -> object | None:
+        """Decode one raw sample (dropping a modality if it is one of the missing ones), and encode it when the
+        processor can do so per sample (AVProcessor.encode), so that a sample the processor rejects (ValueError) is
+        skipped and counted and batches stay full."""
         try:
             item = decode_sample(sample, self.cfg.num_frames)
         except CorruptSample as exc:
             skipped[exc.reason] += 1
             return None
+        if self.missing is not None:
+            item = apply_missing(item, self.missing)
+            if "missing" in item.meta:
+                missing[item.meta["missing"]] += 1
         if self.encode is None:
             return item
         try:
@@ -95,6 +103,7 @@ class WorkerStream(torch.utils.data.IterableDataset):
         state = self.resume.get(worker, {"cycle": 0, "offset": 0, "batches": 0})
         cycle, offset, batches = state["cycle"], state["offset"], state["batches"]
         skipped: Counter = Counter()
+        missing: Counter = Counter()
         bad: list[str] = []
         while batches < quota:
             buffer: list = []
@@ -102,7 +111,7 @@ class WorkerStream(torch.utils.data.IterableDataset):
             for pulled, sample in enumerate(self.raw(share, slot, cycle, skipped, bad), start=1):
                 if pulled <= offset:
                     continue
-                item = self._prepare(sample, skipped)
+                item = self._prepare(sample, skipped, missing)
                 if item is not None:
                     buffer.append(item)
                 if len(buffer) < self.cfg.micro_batch_size:
@@ -111,8 +120,9 @@ class WorkerStream(torch.utils.data.IterableDataset):
                 batches += 1
                 made += 1
                 yield {"batch": batch, "worker": worker, "cycle": cycle, "offset": pulled, "batches": batches,
-                       "skipped": dict(skipped), "bad_shards": list(bad)}
+                       "skipped": dict(skipped), "missing": dict(missing), "bad_shards": list(bad)}
                 skipped.clear()
+                missing.clear()
                 bad.clear()
                 if batches == quota:
                     break
@@ -122,4 +132,5 @@ class WorkerStream(torch.utils.data.IterableDataset):
                     raise RuntimeError(f"data: rank {self.rank} worker {worker}'s shards do not hold one full batch of "
                                        f"decodable samples ({names}); see the skip counts")
                 cycle, offset = cycle + 1, 0
-        yield {"batch": None, "worker": worker, "skipped": dict(skipped), "bad_shards": list(bad)}
+        yield {"batch": None, "worker": worker, "skipped": dict(skipped), "missing": dict(missing),
+               "bad_shards": list(bad)}

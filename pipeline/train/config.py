@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pipeline.adapters.config import AdapterConfig
 from pipeline.data.config import DataConfig
+from pipeline.data.missing import MissingConfig
 from pipeline.model.config import ModelConfig
 
 
@@ -45,6 +46,7 @@ class RunConfig:
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    missing: MissingConfig = field(default_factory=MissingConfig)  # missing-modality training (off at rate 0)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

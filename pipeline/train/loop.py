@@ -95,7 +95,7 @@ def train(cfg: RunConfig) -> Path:
     model, report = build_model(cfg)
     model.to(device)
     processor = model.build_processor()
-    loader = ShardLoader(cfg.data, processor, rank=rank, world_size=world)
+    loader = ShardLoader(cfg.data, processor, rank=rank, world_size=world, missing=cfg.missing)
     gas = cfg.optim.gradient_accumulation_steps
     per_epoch = loader.steps_per_epoch // gas
     if per_epoch < 1:
@@ -193,13 +193,16 @@ def train(cfg: RunConfig) -> Path:
     checkpoint()
     write_trainables(engine.module, cfg.adapter if report else None, run_dir / "final")
     gathered = [None] * world
-    dist.all_gather_object(gathered, (dict(loader.skipped), loader.bad_shards))
-    skipped = sum((Counter(part) for part, _ in gathered), Counter())
+    dist.all_gather_object(gathered, (dict(loader.skipped), loader.bad_shards, dict(loader.missing)))
+    skipped = sum((Counter(part[0]) for part in gathered), Counter())
+    missing = sum((Counter(part[2]) for part in gathered), Counter())
     if rank == 0:
-        bad_shards = sorted({shard for _, shards in gathered for shard in shards})
-        (run_dir / "data_report.json").write_text(json.dumps({"skipped": dict(skipped), "bad_shards": bad_shards},
-                                                             indent=2))
+        bad_shards = sorted({shard for part in gathered for shard in part[1]})
+        data_report = {"skipped": dict(skipped), "bad_shards": bad_shards, "missing_modality": dict(missing)}
+        (run_dir / "data_report.json").write_text(json.dumps(data_report, indent=2))
         log.note(f"skipped samples: {dict(skipped) or 'none'}")
+        if cfg.missing.rate > 0:
+            log.note(f"samples trained without a modality ({cfg.missing.fill}): {dict(missing) or 'none'}")
     log.close()
     dist.barrier()
     return run_dir
