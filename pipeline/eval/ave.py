@@ -75,3 +75,8 @@ def score(items: list[Item], texts: list[str]) -> dict:
         events += parsed[0] == item.gold["category"]
     n = max(len(items), 1)
     return {"segment_accuracy": segments / (SEGMENTS * n), "event_accuracy": events / n, "unparsable": unparsable / n}
+
+
+def headline(metrics: dict) -> float:
+    """Segment accuracy: the share of one-second segments labelled with the right event (AVE's metric)."""
+    return metrics["segment_accuracy"]

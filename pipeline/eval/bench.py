@@ -6,6 +6,7 @@ Each benchmark module (`mmbench`, `pope`, `music_avqa`, `ave`, `mme`) provides
     POINT_METRICS  metric names in points rather than fractions (MME's scores), shown as is in the table
     load(data, media_root) -> list[Item]     read the official format; `BenchError` on anything wrong
     score(items, texts) -> dict              metrics as fractions (MME scores: points, as the official tool)
+    headline(metrics) -> float               the one number a summary table shows (continual accuracy matrix)
 `load` checks every media path exists without decoding anything, so bad inputs fail before a model is loaded.
 """
 

@@ -99,3 +99,8 @@ def score(items: list[Item], texts: list[str]) -> dict:
         "perception": sum(subtasks[t]["score"] for t in PERCEPTION if t in subtasks),
         "cognition": sum(subtasks[t]["score"] for t in COGNITION if t in subtasks),
     }
+
+
+def headline(metrics: dict) -> float:
+    """Perception score (points, out of 2000), the number MME papers lead with."""
+    return metrics["perception"]

@@ -97,3 +97,8 @@ def score(items: list[Item], texts: list[str]) -> dict:
         "subtype": {s: sum(by_subtype[s]) / len(by_subtype[s]) for s in SUBTYPES if by_subtype[s]},
         "unparsable": unparsable / n,
     }
+
+
+def headline(metrics: dict) -> float:
+    """Overall answer accuracy."""
+    return metrics["overall"]

@@ -88,3 +88,8 @@ def score(items: list[Item], texts: list[str]) -> dict:
         pred.append(parse(text))
         gold.append(item.gold["label"])
     return {split: binary_metrics(pred, gold) for split, (pred, gold) in splits.items()}
+
+
+def headline(metrics: dict) -> float:
+    """Accuracy averaged over the splits present (random, popular, adversarial)."""
+    return sum(split["accuracy"] for split in metrics.values()) / len(metrics)

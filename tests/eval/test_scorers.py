@@ -9,7 +9,7 @@ import io
 import pytest
 from PIL import Image
 
-from pipeline.eval import ave, mmbench, mme, music_avqa, pope
+from pipeline.eval import BENCHMARKS, ave, mmbench, mme, music_avqa, pope
 from pipeline.eval.bench import Item, assign_conditions, unique_phrase
 
 OPTIONS = ["cat", "dog", "bird"]
@@ -210,3 +210,14 @@ def test_conditions_are_seeded_and_disjoint():
     audio = assign_conditions(items, "audio", 0.5, seed=3)
     assert set(audio.values()) == {"complete", "audio-missing"} and list(audio.values()).count("audio-missing") == 10
     assert set(assign_conditions(items, None, 0.5, seed=3).values()) == {"complete"}
+
+
+@pytest.mark.parametrize("bench, metrics, expected", [
+    ("music_avqa", {"overall": 0.4, "unparsable": 0.1}, 0.4),
+    ("ave", {"segment_accuracy": 0.3, "event_accuracy": 0.5}, 0.3),
+    ("mmbench", {"overall": 0.6, "category": {}}, 0.6),
+    ("mme", {"perception": 1200.0, "cognition": 300.0}, 1200.0),
+    ("pope", {"random": {"accuracy": 0.9}, "adversarial": {"accuracy": 0.7}}, 0.8),
+])
+def test_headline_is_the_number_each_benchmark_leads_with(bench, metrics, expected):
+    assert BENCHMARKS[bench].headline(metrics) == pytest.approx(expected)
