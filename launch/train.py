@@ -2,6 +2,8 @@
 
     deepspeed --num_gpus N launch/train.py --config configs/demo/stage2.yaml [--deepspeed configs/ds/zero3.json] \\
         [key=value ...]
+    deepspeed --num_gpus N launch/train.py --config configs/demo/continual.yaml   (a `continual.tasks` sequence:
+        each task trained after the previous one, all seen tasks evaluated after each; see pipeline/train/continual.py)
     torchrun --nproc_per_node N launch/train.py --config ... (works too)
     python launch/train.py --config C --estimate-memory [--gpus-per-node 8 --nodes 2]
 
@@ -48,7 +50,12 @@ def main(argv: list[str] | None = None) -> int:
             gpus = args.gpus_per_node or max(torch.cuda.device_count(), 1)
             print(estimate(cfg, resolve_ds_config(cfg, gpus * args.nodes), gpus, args.nodes))
             return 0
-        resolve_all(cfg.data)
+        if cfg.continual.tasks:
+            from pipeline.train.continual import check_tasks
+
+            check_tasks(cfg)
+        else:
+            resolve_all(cfg.data)
         if cfg.stage == 2:
             check_stage1_run(cfg.stage1_run)
         resolve_ds_config(cfg, world)
@@ -56,10 +63,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
+    from pipeline.train.continual import run_continual
     from pipeline.train.loop import TrainingStopped, train
 
     try:
-        run_dir = train(cfg)
+        run_dir = run_continual(cfg) if cfg.continual.tasks else train(cfg)
     except TrainingStopped as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3

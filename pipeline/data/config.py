@@ -30,8 +30,8 @@ class DataConfig:
     micro_batch_size: int = 4
 
     def validate(self) -> None:
-        if not self.sources:
-            raise ValueError("'data.sources' must list at least one shard set")
+        """Checks each listed source; an empty list is valid here (continual tasks bring their own sources) and
+        refused where shards are resolved."""
         for i, src in enumerate(self.sources):
             if not src.shards:
                 raise ValueError(f"'data.sources[{i}].shards' must be a directory or a glob of .tar files")

@@ -60,6 +60,8 @@ def resolve(spec: str, source: int) -> list[ShardRef]:
 
 
 def resolve_all(cfg: DataConfig) -> list[list[ShardRef]]:
+    if not cfg.sources:
+        raise ValueError("'data.sources' must list at least one shard set")
     return [resolve(str(Path(cfg.root).expanduser() / src.shards) if cfg.root else src.shards, i)
             for i, src in enumerate(cfg.sources)]
 

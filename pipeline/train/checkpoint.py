@@ -75,14 +75,14 @@ def write_trainables(model: nn.Module, adapter_cfg: AdapterConfig | None, out: P
 
 
 def load_trainables(model: nn.Module, directory: str | Path, prefixes: tuple[str, ...] | None = None) -> list[str]:
-    """Attach the saved adapter (if any) and copy the saved tensors in; `prefixes` restricts what is loaded
-    (stage 2 takes only `projectors.` from a stage-1 run). Returns the loaded names."""
+    """Attach the saved adapter (if any, and if the model has none yet) and copy the saved tensors in; `prefixes`
+    restricts what is loaded (stage 2 takes only `projectors.` from a stage-1 run). Returns the loaded names."""
     directory = Path(directory)
     if not (directory / TRAINABLES).is_file():
         raise FileNotFoundError(f"{directory}: no {TRAINABLES} (not a run's final/ or checkpoint directory)")
     meta = json.loads((directory / ADAPTER_JSON).read_text())
     saved = load_file(str(directory / TRAINABLES))
-    if prefixes is None and meta.get("adapter"):
+    if prefixes is None and meta.get("adapter") and not adapter_layers(model):
         attach(model, from_dict(AdapterConfig, meta["adapter"], where=str(directory / ADAPTER_JSON)))
     if prefixes is not None:
         saved = {k: v for k, v in saved.items() if k.startswith(prefixes)}

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.adapters.config import AdapterConfig
-from pipeline.data.config import DataConfig
+from pipeline.data.config import DataConfig, SourceConfig
 from pipeline.data.missing import MissingConfig
 from pipeline.model.config import ModelConfig
 
@@ -36,6 +36,47 @@ class TrainConfig:
 
 
 @dataclass
+class TaskEvalConfig:
+    bench: str = ""                        # a launch/eval.py benchmark: mmbench, pope, music_avqa, ave, mme
+    data: str = ""                         # its official file or folder
+    media_root: str | None = None          # where its media are (default: next to data)
+
+
+@dataclass
+class TaskConfig:
+    """One task of a continual sequence: the shards it trains on (replacing data.sources) and its eval set."""
+
+    name: str = ""
+    sources: list[SourceConfig] = field(default_factory=list)
+    eval: TaskEvalConfig = field(default_factory=TaskEvalConfig)
+
+
+@dataclass
+class ContinualConfig:
+    """An ordered task sequence (see pipeline/train/continual.py); empty: one ordinary run."""
+
+    tasks: list[TaskConfig] = field(default_factory=list)
+    eval_batch_size: int = 16
+    max_new_tokens: int = 16
+
+    def validate(self) -> None:
+        names = [t.name for t in self.tasks]
+        for i, task in enumerate(self.tasks):
+            where = f"continual.tasks[{i}]"
+            if not task.name or not task.name.replace("_", "").replace("-", "").isalnum():
+                raise ValueError(f"{where}.name: give each task a name of letters, digits, - and _ (got '{task.name}')")
+            if names.count(task.name) > 1:
+                raise ValueError(f"{where}.name: '{task.name}' names two tasks")
+            if not task.sources:
+                raise ValueError(f"{where}.sources: list the shard sets this task trains on")
+            DataConfig(sources=task.sources).validate()
+            if not task.eval.bench or not task.eval.data:
+                raise ValueError(f"{where}.eval: set bench and data (the task's eval set)")
+        if self.eval_batch_size < 1 or self.max_new_tokens < 1:
+            raise ValueError("continual.eval_batch_size and continual.max_new_tokens must be >= 1")
+
+
+@dataclass
 class RunConfig:
     output_dir: str = "runs/train"
     stage: int = 2                         # 1: projector pre-alignment; 2: instruction tuning with an adapter
@@ -50,6 +91,7 @@ class RunConfig:
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    continual: ContinualConfig = field(default_factory=ContinualConfig)
 
     def validate(self) -> None:
         if self.stage not in (1, 2):
@@ -61,5 +103,13 @@ class RunConfig:
                              f"{self.model.num_frames}; set both to the frames the model takes")
         if self.optim.gradient_accumulation_steps < 1 or self.max_steps < 0 or self.train.epochs < 1:
             raise ValueError("optim.gradient_accumulation_steps and train.epochs must be >= 1, max_steps >= 0")
+        if self.continual.tasks and self.stage != 2:
+            raise ValueError("continual.tasks: a task sequence instruction-tunes adapters; set stage: 2")
+        if self.continual.tasks and self.resume not in ("auto", "none"):
+            raise ValueError("resume: a continual run resumes each task from its own directory; use auto or none")
+        tasks = self.adapter.options.get("tasks") if self.adapter.name == "delo" else None
+        if tasks is not None and len(self.continual.tasks) > int(tasks):
+            raise ValueError(f"adapter.options.tasks={tasks} task slots for {len(self.continual.tasks)} continual "
+                             f"tasks; set adapter.options.tasks={len(self.continual.tasks)}")
         if self.resume not in ("auto", "none") and not Path(self.resume).is_dir():
             raise ValueError(f"resume: '{self.resume}' is neither auto, none, nor a checkpoint directory")

@@ -81,8 +81,9 @@ def _resume_point(cfg: RunConfig, run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def train(cfg: RunConfig) -> Path:
-    """Run one stage; returns the run directory (see the README for its layout)."""
+def train(cfg: RunConfig, start_from: Path | None = None, task: int = 0) -> Path:
+    """Run one stage; returns the run directory (see the README for its layout). `start_from` and `task`: see
+    `pipeline.train.stages.build_model` (continual sequences)."""
     run_dir = Path(cfg.output_dir)
     if cfg.stage == 2:
         check_stage1_run(cfg.stage1_run)
@@ -92,7 +93,7 @@ def train(cfg: RunConfig) -> Path:
     ds_config = resolve_ds_config(cfg, world)
     torch.manual_seed(cfg.seed)
 
-    model, report = build_model(cfg)
+    model, report = build_model(cfg, start_from, task)
     model.to(device)
     processor = model.build_processor()
     loader = ShardLoader(cfg.data, processor, rank=rank, world_size=world, missing=cfg.missing)

@@ -2,7 +2,8 @@
 
 Stage 1 (projector pre-alignment): encoders and LLM frozen, projectors trained.
 Stage 2 (instruction tuning): projectors loaded from the stage-1 run, the configured adapter attached to the LLM
-(`adapter.scope`, default `[llm]`), adapter + projectors trained (projectors optional).
+(`adapter.scope`, default `[llm]`), adapter + projectors trained (projectors optional). A later task of a continual
+sequence starts from the previous task's run instead (its adapter and projectors), with DeLo's task `task` active.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 from safetensors import safe_open
 
 from pipeline.adapters import AttachReport, attach, mark_trainable
+from pipeline.adapters.delo import start_task
 from pipeline.model.avllm import AVLLM
 from pipeline.train.checkpoint import TRAINABLES, load_trainables
 from pipeline.train.config import RunConfig
@@ -29,7 +31,9 @@ def check_stage1_run(stage1_run: Path | None) -> None:
             raise ValueError(f"stage1_run: {path} holds no projector weights (projectors.*)")
 
 
-def build_model(cfg: RunConfig) -> tuple[AVLLM, AttachReport | None]:
+def build_model(cfg: RunConfig, start_from: Path | None = None, task: int = 0) -> tuple[AVLLM, AttachReport | None]:
+    """The model of a stage, frozen but for what it trains. `start_from`: a finished run whose final trainables
+    (adapter and projectors) replace the stage-1 projectors and the fresh adapter (continual tasks after the first)."""
     model = AVLLM.from_config(cfg.model)
     report = None
     if cfg.stage == 1:
@@ -37,7 +41,10 @@ def build_model(cfg: RunConfig) -> tuple[AVLLM, AttachReport | None]:
     else:
         load_trainables(model, Path(cfg.stage1_run) / "final", prefixes=("projectors.",))
         report = attach(model, cfg.adapter)
+        if start_from is not None:
+            load_trainables(model, Path(start_from) / "final")
         mark_trainable(model, ["projectors.*"] if cfg.train.train_projectors else [])
+        start_task(model, task)  # DeLo trains task `task`'s pools only; other adapters have no task slots
     if cfg.train.gradient_checkpointing:
         model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model, report
