@@ -13,8 +13,9 @@ from torch import nn
 from pipeline.adapters import AdapterConfig, AdapterLinear, adapter_layers, adapter_parameters, attach, merge
 from pipeline.adapters.io import export_peft, load_adapter, save_adapter
 from pipeline.adapters.mora import MoRALinear
-from pipeline.merge import MergeError, Source, check_mergeable
+from pipeline.merge import merge_run
 from pipeline.model.avllm import AVLLM
+from tests.merge.conftest import write_run
 from tests.model.conftest import mixed_samples
 
 TOWERS = ["vision", "audio", "llm"]
@@ -162,12 +163,16 @@ def test_zero3_two_ranks_loss_falls(tiny_components, tmp_path):
     assert all(report["moved"][k] > 1e-3 for k in ("lora_A", "lora_B", "alpha_tower", "alpha_shared", "shared_S"))
 
 
-def test_exports_that_cannot_carry_mora_refuse_it(tiny_model_config, tmp_path):
-    """PEFT has no MoRA, and the streamed LLM merge folds one layer at a time while MoRA couples layers."""
+def test_peft_export_refuses_mora(tiny_model_config, tmp_path):
     model, _ = build(tiny_model_config)
     with pytest.raises(ValueError, match="export_peft: adapter 'mora' has no PEFT LoRA equivalent"):
         export_peft(model, tmp_path, CFG)
-    source = Source(tmp_path, tmp_path, model.config, None, CFG, list(adapter_layers(model)))
-    with pytest.raises(MergeError, match="adapter 'mora' on the LLM"):
-        check_mergeable(source, keep_adapters=False)
-    check_mergeable(source, keep_adapters=True)
+
+
+def test_streamed_merge_of_a_run_equals_the_unmerged_model(tiny_model_config, tmp_path):
+    """The LLM's layers are folded one at a time from a meta skeleton, each with every tower's S from the export."""
+    model, batch = build(tiny_model_config)
+    run = write_run(tmp_path / "run", model, CFG)
+    merged = AVLLM.from_pretrained(merge_run(run, tmp_path / "out")).eval()
+    assert not any(isinstance(m, AdapterLinear) for m in merged.modules())
+    torch.testing.assert_close(logits(merged, batch), logits(model, batch), rtol=1e-5, atol=1e-5)
