@@ -1,5 +1,6 @@
 """MoRA on the tiny composed model's three towers: einsum reference, parameter count, the Gram exchange, exact
-merge, exact save/load, config errors, and a 2-rank ZeRO-3 run whose loss falls."""
+merge in memory and by the streamed merge, exact save/load, config errors (training under ZeRO-2/3 through the
+training loop: test_train_and_ship.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import re
 
 import pytest
 import torch
-from adapter_helpers import randomize_adapters, run_two_ranks
+from adapter_helpers import randomize_adapters
 from torch import nn
 
 from pipeline.adapters import AdapterConfig, AdapterLinear, adapter_layers, adapter_parameters, attach, merge
@@ -153,14 +154,6 @@ def test_config_errors_are_one_line(tiny_model_config, changes, message):
     with pytest.raises(ValueError, match=message) as err:
         attach(model, cfg)
     assert "\n" not in str(err.value)
-
-
-@pytest.mark.slow
-def test_zero3_two_ranks_loss_falls(tiny_components, tmp_path):
-    report = run_two_ranks("ds_mora_check.py", tmp_path / "report.json", str(tiny_components("llama")))
-    losses = report["losses"]
-    assert len(losses) == 10 and losses[-1] < losses[0] - 0.2, losses
-    assert all(report["moved"][k] > 1e-3 for k in ("lora_A", "lora_B", "alpha_tower", "alpha_shared", "shared_S"))
 
 
 def test_peft_export_refuses_mora(tiny_model_config, tmp_path):
