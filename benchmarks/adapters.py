@@ -5,9 +5,12 @@ span, an audio span, the rest text). Steps are interleaved across variants (one 
 the order) so that drift of the machine hits all alike; the table reports medians.
 
     python benchmarks/adapters.py [--hidden 512 --layers 2 --seq 256 --batch 2 --steps 15] [--clock cpu] [--json PATH]
-    python benchmarks/adapters.py --all ...    also BitFit and the Adapters II methods (MoRA needs the composed
-                                               model's towers, so it is not in this single-LLM benchmark), with their
-                                               unmerged inference latency relative to the bare base model
+    python benchmarks/adapters.py --all ...    also BitFit and the Adapters II methods, with their unmerged
+                                               inference latency relative to the bare base model
+
+MoRA (in --all) needs a second tower for its Gram exchange and adapts square layers only (q_proj and o_proj under
+grouped-query attention): it runs on the same Llama placed beside a `vision` tower of square q/o projections at the
+same depth and width (`TwoTowers`), and `lora-qo` (LoRA on the same two projections) is its like-for-like reference.
 
 `--clock cpu` times each step by the process's CPU time instead of wall time: on a shared machine the wall time of
 a step includes the time other sessions held the core, the CPU time much less so.
@@ -30,6 +33,7 @@ from typing import Callable
 
 import torch
 from peft import LoraConfig, get_peft_model
+from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -41,6 +45,23 @@ from pipeline.model.modality import Modality, ModalityContext  # noqa: E402
 
 CORE = ("lora", "dora", "imod")
 EXTRA = ("bitfit", "unimodal_lora", "moka", "loramoe", "hydralora", "delo")
+SQUARE = ["q_proj", "o_proj"]  # the square projections of a grouped-query-attention Llama: MoRA's targets
+
+
+class TwoTowers(nn.Module):
+    """The benchmark Llama as tower `llm` beside a `vision` tower of square q/o projections (same depth and width),
+    whose S MoRA's Gram exchange reads. Only the LLM runs: the other tower's S enter the LLM's step through G_o, as
+    in the composed model, while the encoder's own forward is the encoder's cost, which no other variant pays here."""
+
+    def __init__(self, llm: nn.Module, layers: int, hidden: int):
+        super().__init__()
+        self.llm = llm
+        self.vision = nn.ModuleDict({"layers": nn.ModuleList(
+            nn.ModuleDict({"self_attn": nn.ModuleDict({n: nn.Linear(hidden, hidden) for n in SQUARE})})
+            for _ in range(layers))})
+
+    def forward(self, **kwargs):
+        return self.llm(**kwargs)
 
 
 def build_models(args) -> tuple[dict[str, torch.nn.Module], ModalityContext]:
@@ -54,9 +75,13 @@ def build_models(args) -> tuple[dict[str, torch.nn.Module], ModalityContext]:
     ctx = ModalityContext()
     models = {"peft-lora": get_peft_model(copy.deepcopy(base), LoraConfig(r=args.rank, lora_alpha=2 * args.rank,
                                                                           target_modules=DEFAULT_TARGETS))}
-    for name in CORE + (EXTRA if args.all else ()):
-        model = copy.deepcopy(base)
-        attach(model, AdapterConfig(name=name, rank=args.rank, alpha=2 * args.rank), ctx)
+    variants = {name: (copy.deepcopy(base), {}) for name in CORE + (EXTRA if args.all else ())}
+    if args.all:
+        variants["lora-qo"] = (copy.deepcopy(base), {"name": "lora", "targets": SQUARE})
+        variants["mora"] = (TwoTowers(copy.deepcopy(base), args.layers, args.hidden),
+                            {"targets": SQUARE, "scope": ["llm", "vision"]})
+    for name, (model, options) in variants.items():
+        attach(model, AdapterConfig(**{"name": name, "rank": args.rank, "alpha": 2 * args.rank, **options}), ctx)
         models[name] = model
     for model in models.values():
         model.train()
@@ -137,8 +162,9 @@ def main() -> None:
         for model in models.values():
             model.eval()
         inference = interleaved(models, lambda m: infer(m, tokens, clock), args.steps)
-        for name in EXTRA:
+        for name in EXTRA + ("lora-qo", "mora"):
             ratios[f"{name}_over_lora"] = median[name] / median["lora"]
+        ratios["mora_over_lora-qo"] = median["mora"] / median["lora-qo"]
         for name in trained:
             ratios[f"{name}_inference_over_base"] = inference[name] / inference["base"]
     print("| adapter | median train step (ms) | vs our LoRA |" + (" inference vs base |" if inference else "")
@@ -148,7 +174,7 @@ def main() -> None:
         print(row + (f" {inference[name] / inference['base']:.3f} |" if inference else ""))
     print("\n| ratio | value | target |\n|---|---:|---:|")
     targets = {"imod_over_lora": "<= 1.05", "lora_over_peft": "<= 1.00"}
-    for key in ("imod_over_lora", "lora_over_peft", "dora_over_lora"):
+    for key in ("imod_over_lora", "lora_over_peft", "dora_over_lora") + (("mora_over_lora-qo",) if args.all else ()):
         print(f"| {key} | {ratios[key]:.3f} | {targets.get(key, '-')} |")
     if args.json:
         args.json.write_text(json.dumps(ratios, indent=2))

@@ -4,7 +4,9 @@ Memory. The LLM is never materialised. The AVLLM is composed around a meta-devic
 projectors are small and load for real); the LLM's weights then stream from the base checkpoint one tensor at a time.
 Each adapted layer is rebuilt on the CPU from its base weight and its trained tensors and folded by the adapter's own
 `merged_linear` (so every mergeable adapter, present or future, merges by the code that trained it), and the result
-goes into size-bounded shards. Peak memory: one output shard + one layer + towers and projectors.
+goes into size-bounded shards. Peak memory: one output shard + one layer + towers and projectors. MoRA couples layers
+across towers (a layer's update reads the other towers' Gram matrices); all its S tensors are in the export, so they
+are handed to every layer up front (`pipeline.adapters.mora.pin_shared`) and the fold stays one layer at a time.
 
 Exactness. The fold runs in fp32 on the weights the trained model saw (the base cast to the run's dtype), then the
 result is cast to the output dtype. The media-token rows of the embedding (and an untied head) are grown exactly as
@@ -38,6 +40,7 @@ from pipeline.adapters import ADAPTERS, adapter_layers, merge
 from pipeline.adapters.config import AdapterConfig
 from pipeline.adapters.core import AdapterLinear
 from pipeline.adapters.io import write_adapter
+from pipeline.adapters.mora import pin_shared
 from pipeline.config import from_dict, to_dict
 from pipeline.model.avllm import ADAPTER_DIR, AVLLM
 from pipeline.model.config import DTYPES, ModelConfig
@@ -109,10 +112,6 @@ def check_mergeable(source: Source, keep_adapters: bool) -> None:
         raise MergeError(f"adapter '{source.adapter.name}' ({cls.__name__}) cannot be merged: its output depends on "
                          "each token (routing or modality), which no fixed weight reproduces; use --keep-adapters "
                          "to write a checkpoint that carries the adapter modules")
-    if source.adapter.name == "mora" and "llm" in source.adapter.scope:
-        raise MergeError("adapter 'mora' on the LLM couples layers across blocks and towers, which the streamed LLM "
-                         "merge (one layer at a time) cannot fold; merge in memory with pipeline.adapters.merge "
-                         "or use --keep-adapters")
 
 
 # ---- the LLM, streamed ----------------------------------------------------------------------------------------
@@ -249,9 +248,13 @@ def write_checkpoint(source: Source, out: Path, dtype_name: str, keep_adapters: 
     compute = dataclasses.replace(source.model, dtype="fp32")
     model = AVLLM(compute, llm=_meta_llm(AutoConfig.from_pretrained(source.model.llm)))
     trained = _load_small_parts(model, source, merging)
+    if merging and source.adapter.name == "mora":  # a layer's fold reads every tower's S: give it all, up front
+        pin_shared(model, trained, torch.float32)
     write_llm(model, source.model, out / "llm", dtype, trained, merging, shard_bytes)
-    if merging:
-        merge(model)  # the towers' adapters (the LLM's were folded while streaming)
+    if merging:  # the towers' adapters (the LLM's were folded while streaming; its skeleton stays on meta)
+        for name, part in model.named_children():
+            if name != "llm":
+                merge(part)
     model.to(dtype)
     model.config = dataclasses.replace(source.model, dtype=dtype_name)
     model.save_pretrained(out, llm_weights=False, max_shard_size=f"{max(shard_bytes // 2**20, 1)}MB")

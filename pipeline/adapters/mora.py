@@ -26,20 +26,24 @@ Where the paper leaves a choice, this is what is implemented and why:
   ‖V_spec‖² = ‖W0‖² + 2s·tr(A W0ᵀ B) + s²·⟨BᵀB, AAᵀ⟩,  ‖V_sh‖² = ‖W0‖² + 2s·⟨S W0 Sᵀ, G_o⟩ + s²·tr(G_o H G_o H),
   H = S Sᵀ.
 Gradients reach the other towers' S through G_o, so the towers' updates are coupled as the paper intends.
+
+Streamed merge. Folding one layer needs its own S and every other tower's S at the paired blocks. The streamed merge
+(`pipeline.merge`) materialises the LLM one layer at a time, so it first `pin_shared`s all S from the run's export:
+every layer then reads S from there, and G_o comes from the same `other_gram` as in training.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pipeline.adapters.config import AdapterConfig
-from pipeline.adapters.core import AdapterLinear, LowRankLinear
+from pipeline.adapters.core import AdapterLinear, LowRankLinear, adapter_layers
 from pipeline.model.modality import ModalityContext
 
 
@@ -54,6 +58,7 @@ class MoRAShared:
         self.towers = list(towers)
         self.owners: dict[tuple[str, int], MoRALinear] = {}
         self.blocks: dict[str, int] = {}
+        self.pinned: dict[tuple[str, int], torch.Tensor] = {}
 
     def tower_of(self, name: str) -> str:
         """The longest `adapter.scope` prefix that layer `name` falls under."""
@@ -69,8 +74,15 @@ class MoRAShared:
                              f"{layer.in_features} wide and '{owner.layer_name}' {owner.in_features}")
         return owner is layer
 
+    def pin(self, state: Mapping[str, torch.Tensor], dtype: torch.dtype) -> None:
+        """Read every S from `state` (tensors by full name, `<owner layer>.shared_S`), cast to `dtype`, instead of
+        from the owners' parameters, which may be on the meta device."""
+        self.pinned = {key: state[f"{owner.layer_name}.shared_S"].to(dtype) for key, owner in self.owners.items()}
+
     def weight(self, tower: str, block: int) -> torch.Tensor:
         """S of (tower, block), r × d_tower."""
+        if (tower, block) in self.pinned:
+            return self.pinned[(tower, block)]
         owner = self.owners.get((tower, block))
         if owner is None:
             raise ValueError(f"mora: tower '{tower}' has no target layer in block {block}, which another tower's "
@@ -156,3 +168,11 @@ class MoRALinear(LowRankLinear):
 
     def delta_weight(self) -> torch.Tensor:
         return self.merged_weight() - self.base_layer.weight
+
+
+def pin_shared(model: nn.Module, state: Mapping[str, torch.Tensor], dtype: torch.dtype) -> None:
+    """Make every MoRA layer of `model` read S from `state` (a run's exported tensors, by full name) in `dtype`: what
+    the streamed merge needs to fold LLM layers whose owners of S are not materialised (module docstring)."""
+    registries = {id(m.shared): m.shared for m in adapter_layers(model).values() if isinstance(m, MoRALinear)}
+    for registry in registries.values():
+        registry.pin(state, dtype)

@@ -1,5 +1,5 @@
 """DeLo: the layer against an explicit per-sample computation, parameter counts, task keys, task freezing, the
-router's gradient, save/load, and a 2-rank ZeRO-3 run."""
+router's gradient, save/load, and a 2-rank ZeRO-3 run of a second task."""
 
 from __future__ import annotations
 
@@ -253,7 +253,8 @@ def test_run_export_reloads_with_keep_adapters(tmp_path, tiny_model_config):
 
 
 @pytest.mark.slow
-def test_zero3_two_ranks_loss_falls(tmp_path):
+def test_zero3_two_ranks_second_task_trains_and_first_stays_frozen(tmp_path):
+    """start_task under ZeRO-3 (the training loop runs task 0 only: test_train_and_ship.py)."""
     report = run_two_ranks("ds_delo_check.py", tmp_path / "report.json")
     assert report["last"] < report["first"] - 0.2, report  # fixed batch: deterministic, no noise to ride on
     assert report["task0_unchanged"]

@@ -20,6 +20,15 @@ def _single_thread():
     torch.set_num_threads(1)
 
 
+def write_run(root: Path, model: AVLLM, adapter: AdapterConfig | None) -> Path:
+    """`root` as a finished run of `model` (projectors and adapter as they are now): `final/` and config.yaml."""
+    mark_trainable(model, ["projectors.*"])
+    write_trainables(model, adapter, root / "final")
+    save_config(RunConfig(output_dir=str(root), stage=2 if adapter else 1, model=model.config,
+                          adapter=adapter or AdapterConfig()), root / "config.yaml")
+    return root
+
+
 def make_run(root: Path, model_cfg, adapter: AdapterConfig | None, seed: int = 1) -> tuple[Path, AVLLM]:
     """A run directory with `final/` and config.yaml; returns it and the trained (unmerged) model in eval mode."""
     model = AVLLM.from_config(model_cfg)
@@ -31,10 +40,7 @@ def make_run(root: Path, model_cfg, adapter: AdapterConfig | None, seed: int = 1
         for p in model.parameters():
             if p.requires_grad:
                 p.add_(0.05 * torch.randn(p.shape, generator=gen))
-    write_trainables(model, adapter, root / "final")
-    save_config(RunConfig(output_dir=str(root), stage=2 if adapter else 1, model=model_cfg,
-                          adapter=adapter or AdapterConfig()), root / "config.yaml")
-    return root, model.eval()
+    return write_run(root, model, adapter), model.eval()
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ from tests.model.conftest import mixed_samples
 REPO = Path(__file__).resolve().parents[2]
 TOWERS = ["llm", "vision", "audio"]
 # every mergeable adapter on the LLM, plus LoRA and IMoD on the encoder towers too
-# (mora needs two towers and folds across them, which the streamed LLM merge does not do: see test_mora.py)
+# (mora needs two towers and square targets: its streamed merge is tested in test_mora.py)
 CASES = [(n, ["llm"]) for n, cls in ADAPTERS.items() if cls.mergeable and n != "mora"] + [("lora", TOWERS),
                                                                                          ("imod", TOWERS)]
 
