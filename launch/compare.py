@@ -55,7 +55,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-new-tokens", type=int, default=8, help="eval generation length")
     parser.add_argument("--train-missing", help="comma-separated train conditions: complete, audio, visual, mixed")
     parser.add_argument("--missing-rate", type=float, help="η of the train conditions and of the mixed test condition")
-    parser.add_argument("--missing-fill", choices=("drop", "placeholder"), default="drop",
+    parser.add_argument("--missing-fill", choices=("drop", "placeholder"),
                         help="how a lost modality is fed, in training and eval (default: drop)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the stage-2 config")
     return parser.parse_args(argv)
@@ -100,9 +100,11 @@ def cell_overrides(args: argparse.Namespace, cell: Path, adapter: str, seed: int
 def check_missing(args: argparse.Namespace) -> list[str | None]:
     """The train conditions (`[None]` without --train-missing) and the checks of the flags that go with them."""
     if args.train_missing is None:
-        if args.missing_rate is not None:
-            raise ValueError("--missing-rate: goes with --train-missing")
+        given = [f for f, v in (("--missing-rate", args.missing_rate), ("--missing-fill", args.missing_fill)) if v is not None]
+        if given:
+            raise ValueError(f"{given[0]}: goes with --train-missing")
         return [None]
+    args.missing_fill = args.missing_fill or "drop"
     trains = parse_list(args.train_missing, "train-missing")
     unknown = [t for t in trains if t not in TRAIN_MISSING]
     if unknown:

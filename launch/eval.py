@@ -23,6 +23,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from types import ModuleType
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def write_grid(args: argparse.Namespace, module, items: list[Item], outputs: dict[str, list[str]],
+def write_grid(args: argparse.Namespace, module: ModuleType, items: list[Item], outputs: dict[str, list[str]],
                passes: dict[str, dict[str, str]]) -> int:
     header = {"benchmark": args.bench, "train_condition": grid.train_condition(args.model),
               "missing_rate": args.missing_rate, "fill": args.missing_fill, "seed": args.seed}

@@ -125,6 +125,7 @@ def test_train_missing_grid_tabulates_train_by_test_condition_and_resumes(train_
     (["--train-missing", "complete,nope", "--missing-rate", "0.5"], "--train-missing: unknown condition 'nope'"),
     (["--train-missing", "audio"], "--missing-rate: --train-missing needs η in (0, 1], got None"),
     (["--missing-rate", "0.5"], "--missing-rate: goes with --train-missing"),
+    (["--missing-fill", "placeholder"], "--missing-fill: goes with --train-missing"),
     (["--train-missing", "audio", "--missing-rate", "0.5"], "override 'missing.rate=0.3': "),
 ])
 def test_bad_train_missing_fails_in_one_line(train_data, bench_data, tmp_path, capsys, monkeypatch, flags, message):
