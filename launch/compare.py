@@ -100,7 +100,8 @@ def cell_overrides(args: argparse.Namespace, cell: Path, adapter: str, seed: int
 def check_missing(args: argparse.Namespace) -> list[str | None]:
     """The train conditions (`[None]` without --train-missing) and the checks of the flags that go with them."""
     if args.train_missing is None:
-        given = [f for f, v in (("--missing-rate", args.missing_rate), ("--missing-fill", args.missing_fill)) if v is not None]
+        flags = (("--missing-rate", args.missing_rate), ("--missing-fill", args.missing_fill))
+        given = [flag for flag, value in flags if value is not None]
         if given:
             raise ValueError(f"{given[0]}: goes with --train-missing")
         return [None]

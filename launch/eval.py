@@ -47,7 +47,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--missing", choices=("audio", "visual", "both"), help="drop this modality for a subset")
     parser.add_argument("--missing-grid", action="store_true", help="one pass per missing-modality test condition")
-    parser.add_argument("--missing-rate", type=float, help="share of questions (groups) that lose it (grid: η of mixed)")
+    parser.add_argument("--missing-rate", type=float, help="share of questions (groups) losing it (grid: η of mixed)")
     parser.add_argument("--missing-fill", choices=("drop", "placeholder"), default="drop",
                         help="drop the lost modality (default) or feed a neutral input in its place")
     parser.add_argument("--seed", type=int, default=0, help="seed of the missing-modality subset")

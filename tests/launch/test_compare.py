@@ -108,8 +108,8 @@ def test_train_missing_grid_tabulates_train_by_test_condition_and_resumes(train_
         complete, audio = result["headline"]["complete"], result["headline"]["audio-missing"]
         assert row["audio-missing_drop_mean"] == ("" if not complete else pytest.approx((complete - audio) / complete))
     table = (out / "comparison_missing.md").read_text()
-    assert "| adapter | train condition | seeds | complete | audio-missing | drop audio-missing (%) | visual-missing |" \
-        in table
+    assert "| adapter | train condition | seeds | complete | audio-missing | drop audio-missing (%) | visual-missing " \
+        "| drop visual-missing (%) | mixed | drop mixed (%) |" in table
     assert [line.split("|")[1].strip() for line in (out / "comparison.md").read_text().splitlines()[2:]] == [
         "lora (complete)", "lora (audio)"]
 
