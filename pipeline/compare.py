@@ -12,6 +12,10 @@ the table of a resumed grid is the same as that of an uninterrupted one:
 - merged: merged/merge.json's `merged` flag;
 - Non-Text Dominance Rate: the last `nontext_dominance` in metrics.jsonl (logged every `train.dominance_every` steps,
   LoRA-family adapters only).
+
+A `--train-missing` grid adds a train condition to each cell (`OUT/<adapter>-<condition>-seed<seed>/`), evaluated
+with `launch/eval.py --missing-grid`; its second table (`comparison_missing.md`/`.csv`) is MoRA's train × test table:
+per (adapter, train condition) the headline metric under every test condition and its relative drop from complete.
 """
 
 from __future__ import annotations
@@ -148,3 +152,80 @@ def write_csv(rows: list[Row], path: Path) -> None:
             out.writerow([r.adapter, " ".join(map(str, r.seeds)), *["" if v is None else v for v in stats],
                           r.trainable, r.adapter_params, r.step_time, r.merged,
                           *["" if v is None else v for v in dom]])
+
+
+@dataclass
+class GridCell:
+    """One cell of a `--train-missing` grid: its eval/metrics.json from `launch/eval.py --missing-grid`."""
+
+    adapter: str
+    train: str                          # the train condition as the checkpoint's merge.json records it
+    seed: int
+    headline: dict[str, float]          # test condition -> the benchmark's headline metric
+    drop: dict[str, float | None]       # test condition (not complete) -> relative drop of the headline
+
+
+@dataclass
+class GridRow:
+    adapter: str
+    train: str
+    seeds: list[int]
+    headline: dict[str, tuple[float, float | None]]
+    drop: dict[str, tuple[float, float | None] | None]    # None: no seed has a drop (complete scored 0)
+
+
+def read_grid_cell(cell: Path, adapter: str, seed: int) -> GridCell:
+    result = json.loads((cell / "eval" / "metrics.json").read_text())
+    return GridCell(adapter=adapter, train=result["train_condition"], seed=seed, headline=result["headline"],
+                    drop=result["headline_drop"])
+
+
+def aggregate_grid(cells: list[GridCell]) -> list[GridRow]:
+    """One row per (adapter, train condition) in order of appearance; a drop's mean and std are over the seeds'
+    own drops (each seed relative to its own complete score)."""
+    rows = []
+    for adapter, train in dict.fromkeys((c.adapter, c.train) for c in cells):
+        mine = [c for c in cells if (c.adapter, c.train) == (adapter, train)]
+        tests = list(dict.fromkeys(t for c in mine for t in c.headline))
+        drops = {t: [c.drop[t] for c in mine if c.drop.get(t) is not None] for t in tests if t != "complete"}
+        rows.append(GridRow(adapter=adapter, train=train, seeds=[c.seed for c in mine],
+                            headline={t: _mean_std([c.headline[t] for c in mine if t in c.headline]) for t in tests},
+                            drop={t: _mean_std(v) if v else None for t, v in drops.items()}))
+    return rows
+
+
+def _grid_tests(rows: list[GridRow]) -> list[str]:
+    return list(dict.fromkeys(t for r in rows for t in r.headline))
+
+
+def grid_markdown(rows: list[GridRow], bench: str, scale: float = 100) -> str:
+    """MoRA's train × test table: the headline (× `scale`: 100 for fractions, 1 for points) per test condition and,
+    beside each condition but complete, its relative drop from complete in %."""
+    tests = _grid_tests(rows)
+    head = ["adapter", "train condition", "seeds"]
+    for t in tests:
+        head += [t] if t == "complete" else [t, f"drop {t} (%)"]
+    lines = [f"{bench} headline metric per test condition (mean ± std over seeds); drop = (complete − condition) / "
+             "complete, each seed against its own complete score.", "",
+             "| " + " | ".join(head) + " |", "|---|---|---|" + "---:|" * (len(head) - 3)]
+    for r in rows:
+        cells = [r.adapter, r.train, ",".join(map(str, r.seeds))]
+        for t in tests:
+            cells.append(_fmt(r.headline.get(t), scale))
+            if t != "complete":
+                cells.append(_fmt(r.drop.get(t), 100))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_grid_csv(rows: list[GridRow], path: Path) -> None:
+    """Raw values (headline as in metrics.json, drops as fractions); empty std for one seed, empty drop for none."""
+    tests = _grid_tests(rows)
+    stats = [(t, "headline") for t in tests] + [(t, "drop") for t in tests if t != "complete"]
+    with path.open("w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["adapter", "train_condition", "seeds",
+                      *[f"{t}_{kind}_{s}" for t, kind in stats for s in ("mean", "std")]])
+        for r in rows:
+            values = [v for t, kind in stats for v in (getattr(r, kind).get(t) or (None, None))]
+            out.writerow([r.adapter, r.train, " ".join(map(str, r.seeds)), *["" if v is None else v for v in values]])

@@ -276,6 +276,9 @@ def write_manifest(source: Source, out: Path, dtype_name: str, merged: bool) -> 
         "base": {k: None if getattr(source.model, k) is None else str(Path(getattr(source.model, k)).resolve())
                  for k in ("llm", "vision", "audio", "tokenizer")},
         "dtype": dtype_name,
+        # the run's missing-modality training (its train condition, which eval --missing-grid names); read here, as
+        # the merge itself does not need it
+        "missing": (yaml.safe_load((source.run_dir / "config.yaml").read_text()) or {}).get("missing"),
         "files": files,
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2))

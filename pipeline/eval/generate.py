@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from data_prep.record import SkipSample, _soundtrack_wav
 from pipeline.data.media import decode_audio, decode_image, decode_video
+from pipeline.data.missing import remove_modality
 from pipeline.eval.bench import CONDITIONS, BenchError, Item
 from pipeline.model.avllm import AVLLM
 from pipeline.model.processor import AVSample
@@ -29,25 +30,35 @@ def _decode(path: Path | None, fn, *args):
         raise BenchError(f"{path}: cannot decode ({type(exc).__name__}: {exc})") from None
 
 
-def build_sample(item: Item, num_frames: int, drop: frozenset[str]) -> AVSample:
-    """The item's prompt and decoded media; a dropped modality loses its media and its placeholder."""
+def build_sample(item: Item, num_frames: int, drop: frozenset[str], fill: str = "drop") -> AVSample:
+    """The item's prompt and decoded media, without the `drop` modalities as `remove_modality` takes them away.
+
+    `fill` as in `pipeline.data.missing`: "drop" removes media and placeholder (the media are then not decoded at
+    all), "placeholder" feeds a neutral input of the same shape. Training removes a modality by the same function.
+    """
+    decode = {m: m not in drop or fill != "drop" for m in ("visual", "audio")}
     tags, images, video, audio = [], [], None, None
-    if "visual" not in drop:
-        if item.image is not None or item.image_b64 is not None:
+    if item.image is not None or item.image_b64 is not None:
+        if decode["visual"]:
             data = item.image.read_bytes() if item.image is not None else base64.b64decode(item.image_b64)
             images.append(_decode(item.image, decode_image, data))
-            tags.append("<image>")
-        if item.video is not None:
+        tags.append("<image>")
+    if item.video is not None:
+        if decode["visual"]:
             video = _decode(item.video, decode_video, item.video.read_bytes(), num_frames)
-            tags.append("<video>")
-    if "audio" not in drop and item.has_audio:
-        source = item.audio or item.video
-        data = source.read_bytes() if item.audio else _decode(source, _soundtrack_wav, source.read_bytes(), source)
-        audio = _decode(source, decode_audio, data)
+        tags.append("<video>")
+    if item.has_audio:
+        if decode["audio"]:
+            source = item.audio or item.video
+            data = source.read_bytes() if item.audio else _decode(source, _soundtrack_wav, source.read_bytes(), source)
+            audio = _decode(source, decode_audio, data)
         tags.append("<audio>")
-    prompt = "\n".join(tags + [item.prompt])
-    return AVSample(conversations=[{"from": "human", "value": prompt}], images=images, video=video, audio=audio,
-                    meta={"id": item.key})
+    sample = AVSample(conversations=[{"from": "human", "value": "\n".join(tags + [item.prompt])}], images=images,
+                      video=video, audio=audio, meta={"id": item.key})
+    for modality in ("visual", "audio"):
+        if modality in drop and (item.has_visual if modality == "visual" else item.has_audio):
+            sample = remove_modality(sample, modality, fill)
+    return sample
 
 
 def rank_batches(n_items: int, batch_size: int, rank: int, world: int) -> list[range]:
@@ -57,14 +68,15 @@ def rank_batches(n_items: int, batch_size: int, rank: int, world: int) -> list[r
 
 @torch.no_grad()
 def generate(model: AVLLM, items: list[Item], conditions: dict[str, str], batch_size: int, max_new_tokens: int,
-             rank: int = 0, world: int = 1, desc: str = "eval") -> dict[str, str]:
-    """{item key: generated text} for this rank's batches (a progress bar on rank 0)."""
+             rank: int = 0, world: int = 1, desc: str = "eval", fill: str = "drop") -> dict[str, str]:
+    """{item key: generated text} for this rank's batches (a progress bar on rank 0); `fill` as in build_sample."""
     processor = model.build_processor()
     device = next(model.parameters()).device
     out = {}
     for batch in tqdm(rank_batches(len(items), batch_size, rank, world), desc=desc, disable=rank != 0):
         picked = [items[i] for i in batch]
-        samples = [build_sample(item, model.config.num_frames, CONDITIONS[conditions[item.group]]) for item in picked]
+        samples = [build_sample(item, model.config.num_frames, CONDITIONS[conditions[item.group]], fill)
+                   for item in picked]
         inputs = processor(samples, padding_side="left")
         inputs.pop("labels")
         inputs = {k: v.to(device) for k, v in inputs.items() if v is not None}

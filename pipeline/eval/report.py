@@ -80,11 +80,12 @@ def score_conditions(name: str, module: ModuleType, items: list[Item], texts: li
     return result
 
 
-def _flatten(metrics: dict, prefix: str = "") -> dict[str, float]:
+def flatten_metrics(metrics: dict, prefix: str = "") -> dict[str, float]:
+    """Nested metrics under slash-joined names (`subtype/Audio/Counting`), as the tables show them."""
     flat = {}
     for key, value in metrics.items():
         if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}/"))
+            flat.update(flatten_metrics(value, f"{prefix}{key}/"))
         else:
             flat[f"{prefix}{key}"] = value
     return flat
@@ -92,7 +93,7 @@ def _flatten(metrics: dict, prefix: str = "") -> dict[str, float]:
 
 def markdown(result: dict, points: frozenset[str] = frozenset()) -> str:
     """One row per metric, one column per condition: percentages, except the `points` metrics (shown as is)."""
-    columns = {c: _flatten(m) for c, m in result["metrics"].items()}
+    columns = {c: flatten_metrics(m) for c, m in result["metrics"].items()}
     rows = list(dict.fromkeys(k for flat in columns.values() for k in flat))
     header = [f"{c} (n={result['items'][c]})" for c in columns]
     lines = [f"## {result['benchmark']}", "", f"| metric | {' | '.join(header)} |",

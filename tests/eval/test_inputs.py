@@ -71,10 +71,22 @@ def test_predictions_file_problems(tmp_path, capsys, bench_data, lines, message)
     (["--missing", "audio", "--missing-rate", "0.5"], "--missing audio: pope has no audio input"),
     (["--missing", "visual"], "--missing and --missing-rate go together"),
     (["--missing", "visual", "--missing-rate", "1.5"], "--missing-rate must be in (0, 1]"),
+    (["--missing-grid"], "--missing-grid needs --missing-rate in (0, 1] (η of the mixed condition), got None"),
+    (["--missing-grid", "--missing-rate", "0"], "--missing-grid needs --missing-rate in (0, 1]"),
+    (["--missing-grid", "--missing-rate", "0.5", "--missing", "visual"], "--missing-grid runs every condition"),
 ])
 def test_bad_options(capsys, checkpoint, bench_data, extra, message):
     argv = ["--model", str(checkpoint), "--bench", "pope", *bench_data["pope"], *extra]
     assert message in error_line(capsys, argv)
+
+
+def test_grid_needs_a_model_and_a_modality_to_take_away(capsys, checkpoint, bench_data, tmp_path, monkeypatch):
+    grid = ["--bench", "pope", *bench_data["pope"], "--missing-grid", "--missing-rate", "0.5"]
+    err = error_line(capsys, [*grid, "--predictions", str(tmp_path / "p.jsonl")])
+    assert err == "error: --missing-grid runs the model once per test condition; it cannot score --predictions"
+    monkeypatch.setattr(pope, "MODALITIES", frozenset())
+    err = error_line(capsys, [*grid, "--model", str(checkpoint)])
+    assert err == "error: --missing-grid: pope has neither audio nor visual input to take away"
 
 
 def test_not_a_checkpoint(tmp_path, capsys, bench_data):

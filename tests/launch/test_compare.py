@@ -82,6 +82,61 @@ def test_bad_input_fails_in_one_line_before_training(train_data, bench_data, tmp
     assert not (tmp_path / "grid").exists()
 
 
+def test_train_missing_grid_tabulates_train_by_test_condition_and_resumes(train_data, bench_data, stage1_run,
+                                                                          tmp_path, monkeypatch):
+    monkeypatch.chdir(compare.REPO)
+    out = tmp_path / "grid"
+    argv = ["--train-missing", "complete,audio", "--missing-rate", "0.5",
+            *grid_args(train_data, bench_data, stage1_run, out, "lora")]
+    assert compare.main(argv) == 0
+    recorded = {name: json.loads((out / name / "merged" / "merge.json").read_text())["missing"]
+                for name in ("lora-complete-seed0", "lora-audio-seed0")}
+    assert recorded["lora-complete-seed0"]["rate"] == 0
+    assert {k: recorded["lora-audio-seed0"][k] for k in ("rate", "type", "fill")} == {
+        "rate": 0.5, "type": "audio", "fill": "drop"}
+    report = json.loads((out / "lora-audio-seed0" / "run" / "data_report.json").read_text())
+    assert report["missing_modality"]["audio"] > 0 and "visual" not in report["missing_modality"]
+    with (out / "comparison_missing.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["adapter"], r["train_condition"]) for r in rows] == [("lora", "complete"),
+                                                                    ("lora", "audio-missing at η=0.5")]
+    for row, name in zip(rows, ("lora-complete-seed0", "lora-audio-seed0")):
+        result = json.loads((out / name / "eval" / "metrics.json").read_text())
+        assert list(result["metrics"]) == ["complete", "audio-missing", "visual-missing", "mixed"]
+        for test in result["metrics"]:
+            assert float(row[f"{test}_headline_mean"]) == pytest.approx(result["headline"][test])
+        complete, audio = result["headline"]["complete"], result["headline"]["audio-missing"]
+        assert row["audio-missing_drop_mean"] == ("" if not complete else pytest.approx((complete - audio) / complete))
+    table = (out / "comparison_missing.md").read_text()
+    assert "| adapter | train condition | seeds | complete | audio-missing | drop audio-missing (%) | visual-missing " \
+        "| drop visual-missing (%) | mixed | drop mixed (%) |" in table
+    assert [line.split("|")[1].strip() for line in (out / "comparison.md").read_text().splitlines()[2:]] == [
+        "lora (complete)", "lora (audio)"]
+
+    # resumed: every cell is read back, not redone, and the tables are the same
+    first, tables = snapshot(out), {name: (out / name).read_text() for name in ("comparison_missing.md",
+                                                                                 "comparison_missing.csv")}
+    assert compare.main(argv) == 0
+    assert {k: v for k, v in snapshot(out).items() if "/" in k} == {k: v for k, v in first.items() if "/" in k}
+    assert tables == {name: (out / name).read_text() for name in tables}
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--train-missing", "complete,nope", "--missing-rate", "0.5"], "--train-missing: unknown condition 'nope'"),
+    (["--train-missing", "audio"], "--missing-rate: --train-missing needs η in (0, 1], got None"),
+    (["--missing-rate", "0.5"], "--missing-rate: goes with --train-missing"),
+    (["--missing-fill", "placeholder"], "--missing-fill: goes with --train-missing"),
+    (["--train-missing", "audio", "--missing-rate", "0.5"], "override 'missing.rate=0.3': "),
+])
+def test_bad_train_missing_fails_in_one_line(train_data, bench_data, tmp_path, capsys, monkeypatch, flags, message):
+    monkeypatch.chdir(compare.REPO)
+    argv = [*flags, *grid_args(train_data, bench_data, tmp_path / "stage1", tmp_path / "grid", "lora")]
+    assert compare.main(argv + (["missing.rate=0.3"] if "override" in message else [])) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {message}") and "\n" not in err
+    assert not (tmp_path / "grid").exists()
+
+
 def test_rows_average_over_seeds_and_show_dominance_only_where_logged():
     cells = [Cell("lora", s, {"overall": v}, 100, 40, [0.5, 0.7, 9.0], True, d)
              for s, v, d in ((0, 0.5, 0.10), (1, 0.7, 0.20))]
