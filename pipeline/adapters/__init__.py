@@ -26,8 +26,8 @@ from pipeline.adapters.imod import IMoDLinear
 from pipeline.adapters.lora import LoRALinear
 from pipeline.adapters.loramoe import LoRAMoELinear
 from pipeline.adapters.moka import MokALinear
-from pipeline.adapters.unimodal import UniModalLoRALinear
 from pipeline.adapters.mora import MoRALinear
+from pipeline.adapters.unimodal import UniModalLoRALinear
 from pipeline.model.modality import ModalityContext
 
 ADAPTERS: dict[str, type[AdapterLinear]] = {

@@ -16,8 +16,14 @@ import torch.distributed as dist
 sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parents[2])]
 
 from adapter_helpers import VOCAB, modality_ids, randomize_adapters, tiny_llama  # noqa: E402
-from pipeline.adapters import AdapterConfig, adapter_layers, attach, mark_trainable  # noqa: E402
-from pipeline.adapters import aux_loss  # noqa: E402
+
+from pipeline.adapters import (  # noqa: E402
+    AdapterConfig,
+    adapter_layers,
+    attach,
+    aux_loss,  # noqa: E402
+    mark_trainable,
+)
 from pipeline.adapters.delo import start_task  # noqa: E402
 from pipeline.model.modality import ModalityContext  # noqa: E402
 from pipeline.train.loop import init_distributed  # noqa: E402

@@ -16,6 +16,7 @@ import torch.distributed as dist
 sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parents[2])]
 
 from adapter_helpers import VOCAB, modality_ids, randomize_adapters, tiny_llama  # noqa: E402
+
 from pipeline.adapters import AdapterConfig, adapter_parameters, attach  # noqa: E402
 from pipeline.model.modality import ModalityContext  # noqa: E402
 from pipeline.train.loop import init_distributed  # noqa: E402

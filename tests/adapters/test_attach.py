@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from adapter_helpers import tiny_llama
 from torch import nn
 
-from adapter_helpers import tiny_llama
 from pipeline.adapters import ADAPTERS, AdapterConfig, adapter_layers, attach, mark_trainable
 from pipeline.config import ConfigError, from_dict
 from pipeline.model.modality import Modality, ModalityContext

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-
 import pytest
 from adapter_helpers import run_two_ranks
-
 
 
 @pytest.mark.slow

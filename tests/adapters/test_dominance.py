@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from adapter_helpers import VOCAB, modality_ids, randomize_adapters, tiny_llama
 from torch import nn
 
-from adapter_helpers import VOCAB, modality_ids, randomize_adapters, tiny_llama
 from pipeline.adapters import AdapterConfig, attach
 from pipeline.adapters.dominance import DominanceProbe
 from pipeline.model.modality import Modality, ModalityContext

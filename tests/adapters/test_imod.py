@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from adapter_helpers import VOCAB, modality_ids, randomize_adapters, tiny_llama
 from torch import nn
 
-from adapter_helpers import VOCAB, modality_ids, randomize_adapters, tiny_llama
 from pipeline.adapters import AdapterConfig, adapter_layers, attach
 from pipeline.adapters.imod import maac_grad, partition_counts, row_weights
 from pipeline.model.modality import Modality, ModalityContext

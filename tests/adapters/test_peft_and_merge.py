@@ -6,10 +6,10 @@ import copy
 
 import pytest
 import torch
+from adapter_helpers import VOCAB, modality_ids, randomize_adapters, tiny_llama
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
-from adapter_helpers import VOCAB, modality_ids, randomize_adapters, tiny_llama
 from pipeline.adapters import ADAPTERS, AdapterConfig, AdapterLinear, adapter_layers, attach, merge
 from pipeline.adapters.config import DEFAULT_TARGETS
 from pipeline.adapters.io import export_peft, load_adapter, save_adapter

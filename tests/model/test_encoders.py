@@ -7,8 +7,14 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from transformers import (ASTConfig, ASTFeatureExtractor, ASTModel, SiglipImageProcessor, SiglipVisionConfig,
-                          SiglipVisionModel)
+from transformers import (
+    ASTConfig,
+    ASTFeatureExtractor,
+    ASTModel,
+    SiglipImageProcessor,
+    SiglipVisionConfig,
+    SiglipVisionModel,
+)
 
 from pipeline.model.avllm import AVLLM
 from pipeline.model.processor import AVSample
