@@ -12,7 +12,7 @@ import yaml
 from safetensors.torch import load_file
 
 from pipeline.eval import BENCHMARKS
-from tests.train.conftest import REPO, common_overrides, launch_env, metrics, run_train
+from tests.train.conftest import REPO, common_overrides, metrics, run_train
 
 
 def continual_config(tmp_path: Path, bench_data: dict) -> Path:
@@ -94,21 +94,19 @@ def test_lora_sequence_under_zero3_with_every_sample_missing_audio_and_resume(tr
     assert json.loads((out / "continual.json").read_text()) == result
 
 
-def test_bad_continual_settings_fail_before_training(train_data, stage1_run, bench_data, tmp_path):
+def test_bad_continual_settings_fail_before_training(train_data, stage1_run, bench_data, tmp_path, capsys):
+    from launch.train import main
+
     config = continual_config(tmp_path, bench_data)
     base = overrides(train_data, stage1_run, tmp_path / "bad")
-
-    def preflight(*extra: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["python", "launch/train.py", "--config", str(config), *base, *extra], cwd=REPO,
-                              env=launch_env(), capture_output=True, text=True, timeout=120)
-
-    proc = preflight("adapter.options.tasks=1")
-    assert proc.returncode == 2 and "adapter.options.tasks=1 task slots for 2 continual tasks" in proc.stderr
+    assert main(["--config", str(config), *base, "adapter.options.tasks=1"]) == 2
+    assert "adapter.options.tasks=1 task slots for 2 continual tasks" in capsys.readouterr().err
     bad_eval = yaml.safe_load(config.read_text())
     bad_eval["continual"]["tasks"][1]["eval"]["data"] = str(tmp_path / "nowhere.json")
     config.write_text(yaml.safe_dump(bad_eval))
-    proc = preflight()
-    assert proc.returncode == 2 and "nowhere.json" in proc.stderr and proc.stderr.count("\n") == 1
+    assert main(["--config", str(config), *base]) == 2
+    err = capsys.readouterr().err
+    assert "nowhere.json" in err and err.count("\n") == 1
     assert not (tmp_path / "bad").exists()
 
 
