@@ -32,8 +32,9 @@ takes, per layer, the task whose key is nearest (squared Euclidean over the thre
 a key, so no task id is needed at inference. Keys are per rank under data parallelism (each an EMA of its own
 stream; rank 0's are saved) and non-reentrant gradient checkpointing updates them twice per step.
 
-Routing is recomputed per forward, so KV-cache decoding routes each step from its own tokens. Not mergeable: ΔW
-depends on the input.
+Routing is per input: a KV-cache decoding step (`ModalityContext.decoding`) keeps the task and gates of the forward
+it continues, rather than routing the new token from itself, so generation uses the prompt's pools throughout. Not
+mergeable: ΔW depends on the input.
 """
 
 from __future__ import annotations
@@ -102,6 +103,7 @@ class DeLoLinear(AdapterLinear):
         self.register_buffer("active_task", torch.zeros((), dtype=torch.long, device=dev))
         self.last_align: torch.Tensor | None = None
         self.last_task: torch.Tensor | None = None
+        self.route: tuple[torch.Tensor, torch.Tensor] | None = None  # inference: (task [B], gate [B, 3, E])
 
     def task_parameters(self, t: int) -> list[nn.Parameter]:
         return [getattr(self, f"pool_a{t}"), getattr(self, f"pool_b{t}"), getattr(self, f"router{t}")]
@@ -124,6 +126,15 @@ class DeLoLinear(AdapterLinear):
             return self.active_task.expand(q.shape[0])
         dist = (q.detach().unsqueeze(1) - self.task_keys.to(q.dtype)).pow(2).sum((-1, -2))
         return dist.masked_fill(~self.key_seen, float("inf")).argmin(1)
+
+    def _route(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inference routing: each sample's task (nearest key) and its gates; a decoding step keeps the last one."""
+        if self.ctx.decoding and self.route is not None and self.route[0].shape[0] == q.shape[0]:
+            return self.route
+        task = self.nearest_task(q)
+        gate = straight_through_topk(torch.einsum("bmd,bmed->bme", q, self._stacked("router")[task]), self.rank)
+        self.route = (task, gate)
+        return self.route
 
     def _alignment(self, q: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         complete = present[:, int(Modality.TEXT)] & present[:, int(Modality.VISUAL)]
@@ -148,9 +159,9 @@ class DeLoLinear(AdapterLinear):
             gate = straight_through_topk(torch.einsum("bmd,med->bme", q, router), self.rank)
             u = F.linear(self.dropout(xs), a.view(n * e, -1))  # [B, T, 3E]
         else:
-            task = self.last_task = self.nearest_task(q)
+            task, gate = self._route(q)
+            self.last_task = task
             a, b = self._stacked("pool_a")[task], self._stacked("pool_b")[task]  # [B, 3, E, d], [B, o, 3, E]
-            gate = straight_through_topk(torch.einsum("bmd,bmed->bme", q, self._stacked("router")[task]), self.rank)
             u = torch.bmm(self.dropout(xs), a.view(xs.shape[0], n * e, -1).transpose(1, 2))
         u = (u.view(*xs.shape[:2], n, e) * onehot.unsqueeze(-1) * gate.unsqueeze(1)).flatten(2)
         if b.dim() == 3:

@@ -37,6 +37,7 @@ class ModalityContext:
         self.default = Modality(default)
         self.ids: torch.Tensor | None = None
         self.question: torch.Tensor | None = None
+        self.decoding = False
 
     def set(self, ids: torch.Tensor, question: torch.Tensor | None = None) -> None:
         if ids.dim() != 2:
@@ -45,14 +46,19 @@ class ModalityContext:
             raise ValueError(f"question mask shape {tuple(question.shape)} != modality ids shape {tuple(ids.shape)}")
         self.ids = ids
         self.question = question if question is not None else torch.zeros_like(ids, dtype=torch.bool)
+        self.decoding = False
 
-    def set_text(self, batch: int, seq_len: int, device: torch.device | str) -> None:
-        """Map for a forward over text tokens only (KV-cache decoding steps, text-only inputs)."""
+    def set_text(self, batch: int, seq_len: int, device: torch.device | str, decoding: bool = False) -> None:
+        """Map for a forward over text tokens only: text-only inputs, or (`decoding`) the new tokens of a KV-cache
+        decoding step, which continue the sequence of the previous forward (adapters that route per sample keep
+        that forward's routing)."""
         self.set(torch.full((batch, seq_len), int(Modality.TEXT), dtype=torch.long, device=device))
+        self.decoding = decoding
 
     def clear(self) -> None:
         self.ids = None
         self.question = None
+        self.decoding = False
 
     def _check(self, x: torch.Tensor) -> None:
         if x.shape[:-1] != self.ids.shape:

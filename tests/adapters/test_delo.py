@@ -102,6 +102,40 @@ def test_layer_equals_explicit_per_sample_computation(mode):
     assert torch.equal(layer.task_keys, keys_before)  # no key update without grad / in eval
 
 
+def test_decoding_steps_keep_the_prompts_routing():
+    """A KV-cache decoding step continues its prompt: same task and gates as the prompt's forward, even where the new
+    token alone would be nearest another task's key (which is what a plain text-only forward does)."""
+    model, layer, ctx = one_layer()
+    ids = mixed_ids()
+    tasks = [0, 1, 0, 0, 1]
+    with torch.no_grad():
+        layer.task_keys.copy_(torch.randn(2, 3, D_IN, generator=torch.Generator().manual_seed(5)) * 10)
+        layer.key_seen.fill_(True)
+    prompt = torch.randn(*ids.shape, D_IN) + layer.task_keys[tasks].mean(1, keepdim=True)
+    new = torch.randn(len(ids), 1, D_IN) + layer.task_keys[[1 - t for t in tasks]].mean(1, keepdim=True)
+    model.eval()
+    ctx.set(ids)
+    with torch.no_grad():
+        model.q_proj(prompt)
+    ctx.set_text(len(ids), 1, "cpu", decoding=True)
+    with torch.no_grad():
+        got = model.q_proj(new)
+    assert layer.last_task.tolist() == tasks
+    expected = layer.base_layer(new).clone()
+    for b, t in enumerate(tasks):  # the prompt's text query (or its proxy) picks the text factors
+        a, bb, router = (p.detach() for p in layer.task_parameters(t))
+        present = [prompt[b][ids[b] == m].mean(0) for m in range(3) if (ids[b] == m).any()]
+        query = prompt[b][ids[b] == 0].mean(0) if (ids[b] == 0).any() else torch.stack(present).mean(0)
+        chosen = (router[0] @ query).topk(layer.rank).indices.tolist()
+        delta_w = sum(torch.outer(bb[:, 0, e], a[0, e]) for e in chosen)
+        expected[b] += layer.scaling * new[b] @ delta_w.T
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    ctx.set_text(len(ids), 1, "cpu")  # not a continuation: the token is routed from itself
+    with torch.no_grad():
+        model.q_proj(new)
+    assert layer.last_task.tolist() == [1 - t for t in tasks]
+
+
 def test_parameter_count_formula():
     model = tiny_llama()
     shapes = {n: (m.in_features, m.out_features) for n, m in model.named_modules() if isinstance(m, nn.Linear)}

@@ -118,6 +118,22 @@ def test_generate_with_cache_equals_recompute_and_ignores_left_padding(model):
     assert model.modality_contexts["llm"].ids.eq(Modality.TEXT).all()
 
 
+def test_decoding_steps_are_flagged_as_continuations(model):
+    """Per-sample routed adapters (DeLo) keep the prompt's routing on exactly the KV-cache decoding steps."""
+    seen = []
+    layer = model.llm.get_decoder().layers[0]
+    hook = layer.register_forward_pre_hook(lambda *_: seen.append(model.modality_contexts["llm"].decoding))
+    try:
+        processor = model.build_processor()
+        model.generate(**processor(mixed_samples(generation=True)[:2], padding_side="left"), max_new_tokens=4,
+                       min_new_tokens=4)
+        assert seen == [False, True, True, True]
+        model(**processor(mixed_samples()[:2]))
+        assert seen[-1] is False
+    finally:
+        hook.remove()
+
+
 def test_save_pretrained_round_trip(model, tmp_path):
     torch.manual_seed(1)
     with torch.no_grad():
