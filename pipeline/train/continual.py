@@ -26,10 +26,12 @@ interrupted task resumes from its newest checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import shutil
 from pathlib import Path
 
+import torch
 import torch.distributed as dist
 
 from pipeline.adapters import ADAPTERS
@@ -148,6 +150,9 @@ def run_continual(cfg: RunConfig) -> Path:
         run_dir = Path(task_cfg.output_dir)
         if not (run_dir / "final" / TRAINABLES).is_file():
             train(task_cfg, start_from=previous, task=i)
+            gc.collect()  # the finished engine sits in reference cycles: free its memory before the next model loads
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
         shipped = run_dir / "shipped"
         if rank == 0 and not shipped.is_dir():
             merge_run(run_dir, shipped, keep_adapters=keep)
