@@ -64,13 +64,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from pipeline.train.continual import run_continual
-    from pipeline.train.loop import TrainingStopped, train
+    from pipeline.train.loop import TrainingStopped, close_distributed, train
 
     try:
         run_dir = run_continual(cfg) if cfg.continual.tasks else train(cfg)
-    except TrainingStopped as exc:
+    except TrainingStopped as exc:  # every rank stops at the same step
+        close_distributed()
         print(f"error: {exc}", file=sys.stderr)
         return 3
+    close_distributed()
     if int(os.environ.get("RANK", 0)) == 0:
         print(f"run directory: {run_dir}")
     return 0

@@ -163,7 +163,7 @@ class AVLLM(nn.Module):
         """KV-cache decoding feeds new token ids (never spliced media): those positions are text."""
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         if input_ids is not None and kwargs.get("inputs_embeds") is None:
-            past = kwargs.get("past_key_values")
+            past = kwargs.get("cache", kwargs.get("past_key_values"))  # newer transformers: `cache`
             decoding = past is not None and past.get_seq_length() > 0
             self.modality_contexts["llm"].set_text(*input_ids.shape, device=input_ids.device, decoding=decoding)
 

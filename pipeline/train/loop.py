@@ -54,6 +54,14 @@ def init_distributed(device: torch.device) -> None:
     deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
 
 
+def close_distributed() -> None:
+    """End the process group once every rank is done. Left to interpreter exit, gloo's worker threads can abort the
+    process ("terminate called without an active exception", SIGABRT) after a run that succeeded."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def config_hash(cfg: RunConfig) -> str:
     """Identity of what determines the training trajectory (not where it is written, nor how long it runs)."""
     data = to_dict(cfg)

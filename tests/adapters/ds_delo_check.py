@@ -26,7 +26,7 @@ from pipeline.adapters import (  # noqa: E402
 )
 from pipeline.adapters.delo import start_task  # noqa: E402
 from pipeline.model.modality import ModalityContext  # noqa: E402
-from pipeline.train.loop import init_distributed  # noqa: E402
+from pipeline.train.loop import close_distributed, init_distributed  # noqa: E402
 
 STEPS = 10
 
@@ -61,6 +61,7 @@ def main() -> None:
     if rank == 0:
         Path(sys.argv[1]).write_text(json.dumps({"first": losses[0], "last": losses[-1], "losses": losses,
                                                  "task0_unchanged": unchanged}))
+    close_distributed()
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from adapter_helpers import VOCAB, modality_ids, randomize_adapters, tiny_llama 
 
 from pipeline.adapters import AdapterConfig, adapter_parameters, attach  # noqa: E402
 from pipeline.model.modality import ModalityContext  # noqa: E402
-from pipeline.train.loop import init_distributed  # noqa: E402
+from pipeline.train.loop import close_distributed, init_distributed  # noqa: E402
 
 CFG = AdapterConfig(name="imod", rank=4, options={"lambda1": 0.01, "lambda2": 0.5})  # both terms ~ task size
 TOKENS = torch.randint(0, VOCAB, (4, 20), generator=torch.Generator().manual_seed(3))
@@ -78,6 +78,7 @@ def main() -> None:
         report[f"zero{stage}"] = {"max_abs_diff": diff, "injection_effect": injected}
     if dist.get_rank() == 0:
         Path(sys.argv[1]).write_text(json.dumps(report))
+    close_distributed()
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ sys.path[:0] = [str(Path(__file__).parents[2])]
 
 from pipeline.config import load_config  # noqa: E402
 from pipeline.train.config import RunConfig  # noqa: E402
-from pipeline.train.loop import train  # noqa: E402
+from pipeline.train.loop import close_distributed, train  # noqa: E402
 
 
 def main() -> None:
@@ -29,6 +29,7 @@ def main() -> None:
         seconds[str(run_dir)] = time.perf_counter() - start
     if torch.distributed.get_rank() == 0:
         Path(sys.argv[2]).write_text(json.dumps(seconds))
+    close_distributed()
 
 
 if __name__ == "__main__":
