@@ -19,6 +19,9 @@ from transformers import (AutoConfig, AutoModelForCausalLM, CLIPImageProcessor, 
                           PreTrainedTokenizerFast, WhisperConfig, WhisperFeatureExtractor,
                           WhisperForConditionalGeneration)
 
+from data_prep.ave import QUESTION as AVE_QUESTION
+from data_prep.synthetic import AVE_EVENTS
+
 LLAMA2_TEMPLATE = (
     "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}"
     "{% set system_message = messages[0]['content'] %}{% else %}{% set loop_messages = messages %}"
@@ -105,10 +108,12 @@ PRETRAIN_QA = [
     ("Is there a {shape} in the image?", ["yes", "no"]),
     ("Describe the video briefly.", ["A {colour} square moving on the {side}."]),
     ("Describe the audio.", ["{count} {pitch}-pitched beeps."]),
+    (AVE_QUESTION, ["{event}, from second {start} to second {end}."]),
 ]
 FILLERS = {"side": ["left", "right"], "order": ["before", "after"], "sound": ["hum", "beeps"], "other": ["beeps", "hum"],
            "shape": ["square", "circle", "triangle", "star"], "colour": ["red", "green", "blue", "yellow"],
-           "count": ["One", "Two", "Three", "Four"], "pitch": ["high", "low"]}
+           "count": ["One", "Two", "Three", "Four"], "pitch": ["high", "low"], "event": list(AVE_EVENTS),
+           "start": [str(s) for s in range(7)], "end": [str(s) for s in range(2, 11)]}
 
 
 def pretrain_llm(model, tokenizer, steps: int, seed: int = 0, batch: int = 32, lr: float = 3e-3) -> float:
