@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.adapters import AdapterConfig, attach  # noqa: E402
 from pipeline.adapters.config import DEFAULT_TARGETS  # noqa: E402
-from pipeline.model.modality import Modality, ModalityContext  # noqa: E402
+from pipeline.modality import Modality, ModalityContext  # noqa: E402
 
 
 CORE = ("lora", "dora", "imod")

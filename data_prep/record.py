@@ -18,12 +18,12 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import av
 import numpy as np
 import soundfile as sf
 from PIL import Image
 
-AUDIO_RATE = 16000
+from pipeline.media import SAMPLE_RATE, MissingAudio, check_video, decode_audio, decode_video, soundtrack_wav
+
 
 
 @dataclass
@@ -73,43 +73,27 @@ def _read(path: Path, kind: str) -> bytes:
         raise SkipSample(f"missing_{kind}", f"{path}: {exc.strerror or exc}") from None
 
 
-def _video_frames(data: bytes, path: Path, num_frames: int | None) -> np.ndarray | None:
-    """Open the video with decord (validates it); return `num_frames` uniformly sampled frames if asked."""
-    import decord  # x86_64-only wheel: imported where videos are read, not at package import
-
+def _check_video(data: bytes, path: Path) -> None:
     try:
-        reader = decord.VideoReader(io.BytesIO(data))
-        if len(reader) == 0:
-            raise ValueError("no frames")
-        if num_frames is None:
-            return None
-        idx = np.linspace(0, len(reader) - 1, num_frames).round().astype(int)
-        return reader.get_batch(list(idx)).asnumpy()
+        check_video(data)
     except Exception as exc:  # decord raises its own DECORDError and plain RuntimeErrors
         raise SkipSample("unreadable_video", f"{path}: {exc}") from None
 
 
-def _soundtrack_wav(data: bytes, path: Path) -> bytes:
-    """The video's audio track (mono, native rate) as 16-bit wav bytes, read with PyAV."""
+def _video_frames(data: bytes, path: Path, num_frames: int) -> np.ndarray:
     try:
-        with av.open(io.BytesIO(data)) as box:
-            if not box.streams.audio:
-                raise SkipSample("missing_audio", f"{path}: no audio file and no audio track in the video")
-            stream = box.streams.audio[0]
-            rate = stream.rate
-            mono = av.AudioResampler(format="fltp", layout="mono", rate=rate)
-            chunks = [r.to_ndarray()[0] for f in box.decode(stream) for r in mono.resample(f)]
-            chunks += [r.to_ndarray()[0] for r in mono.resample(None)]
-    except SkipSample:
-        raise
+        return decode_video(data, num_frames)
+    except Exception as exc:
+        raise SkipSample("unreadable_video", f"{path}: {exc}") from None
+
+
+def _soundtrack_wav(data: bytes, path: Path) -> bytes:
+    try:
+        return soundtrack_wav(data)
+    except MissingAudio as exc:
+        raise SkipSample("missing_audio", f"{path}: {exc}") from None
     except Exception as exc:
         raise SkipSample("unreadable_audio", f"{path}: audio track: {exc}") from None
-    if not chunks:
-        raise SkipSample("missing_audio", f"{path}: empty audio track")
-    wave = np.concatenate(chunks)
-    out = io.BytesIO()
-    sf.write(out, np.clip(wave, -1, 1), rate, format="WAV", subtype="PCM_16")
-    return out.getvalue()
 
 
 def _check_audio(data: bytes, path: Path) -> None:
@@ -122,14 +106,12 @@ def _check_audio(data: bytes, path: Path) -> None:
 
 
 def _audio_16k_flac(data: bytes, path: Path) -> bytes:
-    import librosa
-
     try:
-        wave, _ = librosa.load(io.BytesIO(data), sr=AUDIO_RATE, mono=True)
+        wave = decode_audio(data)
     except Exception as exc:
         raise SkipSample("unreadable_audio", f"{path}: {exc}") from None
     out = io.BytesIO()
-    sf.write(out, np.clip(wave, -1, 1), AUDIO_RATE, format="FLAC", subtype="PCM_16")
+    sf.write(out, np.clip(wave, -1, 1), SAMPLE_RATE, format="FLAC", subtype="PCM_16")
     return out.getvalue()
 
 
@@ -146,11 +128,12 @@ def build_sample(record: Record, predecode: bool = False, num_frames: int = 8) -
     video_bytes = None
     if record.video is not None:
         video_bytes = _read(record.video, "video")
-        frames = _video_frames(video_bytes, record.video, num_frames if predecode else None)
         if predecode:
+            frames = _video_frames(video_bytes, record.video, num_frames)
             sample["frames.jpg"] = _jpg(np.concatenate(frames, axis=0))  # one tall strip: one tar member, one decode
             media["video"] = {"strip": "frames.jpg", "frames": len(frames)}
         else:
+            _check_video(video_bytes, record.video)
             sample["mp4"] = video_bytes
             media["video"] = "mp4"
     if record.audio is not None or record.audio_from_video:

@@ -16,7 +16,8 @@ import numpy as np
 import soundfile as sf
 from PIL import Image
 
-SAMPLE_RATE = 16000
+from pipeline.media import SAMPLE_RATE
+
 SIZE = 64
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (230, 30, 30),

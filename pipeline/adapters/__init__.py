@@ -28,7 +28,7 @@ from pipeline.adapters.loramoe import LoRAMoELinear
 from pipeline.adapters.moka import MokALinear
 from pipeline.adapters.mora import MoRALinear
 from pipeline.adapters.unimodal import UniModalLoRALinear
-from pipeline.model.modality import ModalityContext
+from pipeline.modality import ModalityContext
 
 ADAPTERS: dict[str, type[AdapterLinear]] = {
     "lora": LoRALinear,

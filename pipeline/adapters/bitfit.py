@@ -12,7 +12,7 @@ from torch import nn
 
 from pipeline.adapters.config import AdapterConfig
 from pipeline.adapters.core import AdapterLinear
-from pipeline.model.modality import ModalityContext
+from pipeline.modality import ModalityContext
 
 
 class BitFitLinear(AdapterLinear):

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.adapters.config import AdapterConfig
-from pipeline.model.modality import ModalityContext
+from pipeline.modality import ModalityContext
 
 
 class AdapterLinear(nn.Module):

@@ -47,7 +47,7 @@ from torch import nn
 
 from pipeline.adapters.config import AdapterConfig
 from pipeline.adapters.core import AdapterLinear, adapter_layers
-from pipeline.model.modality import Modality, ModalityContext
+from pipeline.modality import Modality, ModalityContext
 
 MODALITIES = (Modality.TEXT, Modality.VISUAL, Modality.AUDIO)
 

@@ -47,7 +47,7 @@ from torch import nn
 
 from pipeline.adapters.config import AdapterConfig
 from pipeline.adapters.core import LowRankLinear
-from pipeline.model.modality import Modality, ModalityContext
+from pipeline.modality import Modality, ModalityContext
 
 TEXT_ID, NONTEXT_ID, SHARED_ID = 0, 1, 2
 

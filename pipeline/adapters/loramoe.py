@@ -19,7 +19,7 @@ from torch import nn
 
 from pipeline.adapters.config import AdapterConfig
 from pipeline.adapters.core import MultiLowRankLinear, init_down_, router_weights
-from pipeline.model.modality import Modality, ModalityContext
+from pipeline.modality import Modality, ModalityContext
 
 
 def balance_loss(g: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:

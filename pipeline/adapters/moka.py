@@ -20,7 +20,7 @@ from torch import nn
 from pipeline.adapters.config import AdapterConfig
 from pipeline.adapters.core import MultiLowRankLinear
 from pipeline.adapters.unimodal import MODALITIES, modality_onehot
-from pipeline.model.modality import Modality, ModalityContext
+from pipeline.modality import Modality, ModalityContext
 
 
 def question_attention(a: torch.Tensor, text: torch.Tensor, ids: torch.Tensor, question: torch.Tensor) -> torch.Tensor:

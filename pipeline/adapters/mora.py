@@ -44,7 +44,7 @@ from torch import nn
 
 from pipeline.adapters.config import AdapterConfig
 from pipeline.adapters.core import AdapterLinear, LowRankLinear, adapter_layers
-from pipeline.model.modality import ModalityContext
+from pipeline.modality import ModalityContext
 
 
 class MoRAShared:

@@ -13,7 +13,7 @@ from torch import nn
 
 from pipeline.adapters.config import AdapterConfig
 from pipeline.adapters.core import MultiLowRankLinear
-from pipeline.model.modality import ModalityContext
+from pipeline.modality import ModalityContext
 
 MODALITIES = 3  # TEXT, VISUAL, AUDIO: the ids 0, 1, 2 index the stacked A and B
 

@@ -27,7 +27,7 @@ from collections.abc import Iterator
 import torch
 
 from pipeline.data.config import DataConfig
-from pipeline.data.media import warm_up
+from pipeline.media import warm_up
 from pipeline.data.missing import MissingConfig
 from pipeline.data.plan import EpochPlan, epoch_plan, resolve_all
 from pipeline.data.stream import Processor, WorkerStream

@@ -16,7 +16,7 @@ import torch
 import webdataset as wds
 
 from pipeline.data.config import DataConfig
-from pipeline.data.media import CorruptSample, allowed_file, decode_sample
+from pipeline.data.sample import CorruptSample, allowed_file, decode_sample
 from pipeline.data.missing import MissingConfig, apply_missing
 from pipeline.data.plan import EpochPlan, ShardRef
 from pipeline.model.processor import AVSample

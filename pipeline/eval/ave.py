@@ -2,7 +2,7 @@
 
 `--data` is the AVE folder (its `testSet.txt` is read) or one split file; videos are `AVE/<VideoID>.mp4` under
 `--media-root` (default: that folder); the audio is the video's soundtrack. The prompt is the training question
-(`data_prep.ave.QUESTION`), whose target reads "Church bell, from second 2 to second 6.".
+(`pipeline.formats.ave.QUESTION`), whose target reads "Church bell, from second 2 to second 6.".
 
 Parsing: the event is the one class of the 28 whose full name (case-insensitive, whole words) occurs in the output;
 start and end are the first two integers in it and must satisfy 0 <= start < end <= 10. Each of the 10 one-second
@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from data_prep.ave import CATEGORIES, HEADER, QUESTION, SPLIT_FILES, parse_line
+from pipeline.formats.ave import CATEGORIES, HEADER, QUESTION, SPLIT_FILES, parse_line
 from pipeline.eval.bench import BenchError, Item, check_exists, unique_phrase
 
 ID_FIELDS = ("video_id",)

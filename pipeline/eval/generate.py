@@ -13,10 +13,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from data_prep.record import SkipSample, _soundtrack_wav
-from pipeline.data.media import decode_audio, decode_image, decode_video
 from pipeline.data.missing import remove_modality
 from pipeline.eval.bench import CONDITIONS, BenchError, Item
+from pipeline.media import MissingAudio, decode_audio, decode_image, decode_video, soundtrack_wav
 from pipeline.model.avllm import AVLLM
 from pipeline.model.processor import AVSample
 
@@ -24,8 +23,8 @@ from pipeline.model.processor import AVSample
 def _decode(path: Path | None, fn, *args):
     try:
         return fn(*args)
-    except SkipSample as exc:
-        raise BenchError(f"{path}: {exc.detail}") from None
+    except MissingAudio as exc:
+        raise BenchError(f"{path}: {exc}") from None
     except Exception as exc:  # decoders raise many types (DECORDError, soundfile and PIL errors)
         raise BenchError(f"{path}: cannot decode ({type(exc).__name__}: {exc})") from None
 
@@ -50,7 +49,7 @@ def build_sample(item: Item, num_frames: int, drop: frozenset[str], fill: str = 
     if item.has_audio:
         if decode["audio"]:
             source = item.audio or item.video
-            data = source.read_bytes() if item.audio else _decode(source, _soundtrack_wav, source.read_bytes(), source)
+            data = source.read_bytes() if item.audio else _decode(source, soundtrack_wav, source.read_bytes())
             audio = _decode(source, decode_audio, data)
         tags.append("<audio>")
     sample = AVSample(conversations=[{"from": "human", "value": "\n".join(tags + [item.prompt])}], images=images,

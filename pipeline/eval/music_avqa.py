@@ -20,7 +20,7 @@ import string
 from collections import defaultdict
 from pathlib import Path
 
-from data_prep.music_avqa import parse_entry
+from pipeline.formats.music_avqa import parse_entry
 from pipeline.eval.bench import BenchError, Item, check_exists, unique_phrase
 
 ID_FIELDS = ("question_id",)

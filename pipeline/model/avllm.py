@@ -29,7 +29,7 @@ from pipeline.adapters.io import load_adapter
 from pipeline.config import from_dict, to_dict
 from pipeline.model.config import ModelConfig
 from pipeline.model.encoders import VisionTower, load_audio_tower
-from pipeline.model.modality import Modality, ModalityContext, modality_ids
+from pipeline.modality import Modality, ModalityContext, modality_ids
 from pipeline.model.processor import PLACEHOLDERS, AVProcessor
 from pipeline.model.projectors import build_projector, tokens_out
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from pipeline.model.modality import Modality
+from pipeline.modality import Modality
 
 IGNORE_INDEX = -100
 PLACEHOLDERS = {"<image>": Modality.VISUAL, "<video>": Modality.VISUAL, "<audio>": Modality.AUDIO}

@@ -13,7 +13,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from pipeline.adapters import adapter_parameters
-from pipeline.model.modality import Modality
+from pipeline.modality import Modality
 
 VOCAB = 256
 

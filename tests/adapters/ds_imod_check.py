@@ -18,7 +18,7 @@ sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parents[2])]
 from adapter_helpers import VOCAB, modality_ids, randomize_adapters, tiny_llama  # noqa: E402
 
 from pipeline.adapters import AdapterConfig, adapter_parameters, attach  # noqa: E402
-from pipeline.model.modality import ModalityContext  # noqa: E402
+from pipeline.modality import ModalityContext  # noqa: E402
 from pipeline.train.loop import close_distributed, init_distributed  # noqa: E402
 
 CFG = AdapterConfig(name="imod", rank=4, options={"lambda1": 0.01, "lambda2": 0.5})  # both terms ~ task size

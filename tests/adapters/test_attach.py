@@ -8,7 +8,7 @@ from torch import nn
 
 from pipeline.adapters import ADAPTERS, AdapterConfig, adapter_layers, attach, mark_trainable
 from pipeline.config import ConfigError, from_dict
-from pipeline.model.modality import Modality, ModalityContext
+from pipeline.modality import Modality, ModalityContext
 
 
 def test_unknown_name_names_the_key_and_the_registry():

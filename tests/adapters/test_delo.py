@@ -23,7 +23,7 @@ from pipeline.adapters.io import load_adapter, save_adapter
 from pipeline.config import save_config
 from pipeline.merge import MergeError, merge_run
 from pipeline.model.avllm import AVLLM
-from pipeline.model.modality import Modality, ModalityContext
+from pipeline.modality import Modality, ModalityContext
 from pipeline.train.checkpoint import gather_trainables, write_trainables
 from pipeline.train.config import RunConfig
 from tests.model.conftest import mixed_samples

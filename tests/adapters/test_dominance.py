@@ -9,7 +9,7 @@ from torch import nn
 
 from pipeline.adapters import AdapterConfig, attach
 from pipeline.adapters.dominance import DominanceProbe
-from pipeline.model.modality import Modality, ModalityContext
+from pipeline.modality import Modality, ModalityContext
 
 
 @pytest.mark.parametrize("name", ["lora", "dora", "imod"])

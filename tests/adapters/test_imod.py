@@ -10,7 +10,7 @@ from torch import nn
 
 from pipeline.adapters import AdapterConfig, adapter_layers, attach
 from pipeline.adapters.imod import maac_grad, partition_counts, row_weights
-from pipeline.model.modality import Modality, ModalityContext
+from pipeline.modality import Modality, ModalityContext
 
 OPTS = {"shared_ratio0": 0.1, "depth_alpha": 0.4, "text_share": 0.3}
 

@@ -13,7 +13,7 @@ from torch import nn
 from pipeline.adapters import ADAPTERS, AdapterConfig, AdapterLinear, adapter_layers, attach, merge
 from pipeline.adapters.config import DEFAULT_TARGETS
 from pipeline.adapters.io import export_peft, load_adapter, save_adapter
-from pipeline.model.modality import ModalityContext
+from pipeline.modality import ModalityContext
 
 TOKENS = torch.randint(0, VOCAB, (3, 24), generator=torch.Generator().manual_seed(0))
 

@@ -15,7 +15,7 @@ from pipeline.adapters import ADAPTERS, AdapterConfig, adapter_layers, attach, a
 from pipeline.adapters.io import load_adapter, save_adapter
 from pipeline.merge import MergeError, merge_run
 from pipeline.model.avllm import AVLLM
-from pipeline.model.modality import Modality, ModalityContext
+from pipeline.modality import Modality, ModalityContext
 from tests.merge.conftest import make_run
 from tests.model.conftest import mixed_samples
 

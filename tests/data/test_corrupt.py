@@ -8,7 +8,7 @@ import pytest
 import webdataset as wds
 
 from pipeline.data.loader import ShardLoader
-from pipeline.data.media import allowed_file
+from pipeline.data.sample import allowed_file
 from tests.data.conftest import config, ids
 
 
@@ -136,7 +136,7 @@ def test_processor_rejections_are_counted(damaged):
 
 
 def test_decoder_never_unpickles_even_when_pointed_at_a_pickle(shards, tmp_path):
-    from pipeline.data.media import CorruptSample, decode_sample
+    from pipeline.data.sample import CorruptSample, decode_sample
 
     marker = tmp_path / "pwned.txt"
     sample = _originals(shards)[0]

@@ -6,6 +6,8 @@ import pytest
 
 from data_prep import audiocaps, ave, llava, music_avqa
 from data_prep.record import Record, Skip, build_sample
+from pipeline.formats import ave as ave_format
+from pipeline.formats import music_avqa as music_avqa_format
 from tests.data_prep.conftest import N
 
 REAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "music-avqa"
@@ -36,9 +38,9 @@ def real_entries():
     (12, "How many musical instruments were heard throughout the video?"),
 ])
 def test_music_avqa_template_filling_on_official_entries(real_entries, qid, expected):
-    question, qtype, answer = music_avqa.parse_entry(real_entries[qid])
+    question, qtype, answer = music_avqa_format.parse_entry(real_entries[qid])
     assert question == expected
-    assert tuple(qtype) in music_avqa.QUESTION_TYPES
+    assert tuple(qtype) in music_avqa_format.QUESTION_TYPES
     assert answer == real_entries[qid]["anser"]
 
 
@@ -52,7 +54,7 @@ def test_music_avqa_official_file_parses_completely(real_entries, tmp_path):
 
 def test_music_avqa_placeholder_count_mismatch_is_malformed():
     with pytest.raises(ValueError, match="2 placeholders but 1 templ_values"):
-        music_avqa.fill_template("Is the <Object> louder than the <Object>?", ["piano"])
+        music_avqa_format.fill_template("Is the <Object> louder than the <Object>?", ["piano"])
 
 
 def test_music_avqa_bad_entries_are_skipped_with_reasons(tmp_path):
@@ -92,13 +94,13 @@ def test_soundtrack_is_taken_from_the_mp4_when_no_wav(raw):
 
 
 def test_ave_lines_and_ranges(raw):
-    assert ave.parse_line("Church bell&RUhOCu3LNXM&good&0&10") == ("Church bell", "RUhOCu3LNXM", 0, 10)
-    assert ave.answer_text("Violin, fiddle", 2, 6) == "Violin, fiddle, from second 2 to second 6."
+    assert ave_format.parse_line("Church bell&RUhOCu3LNXM&good&0&10") == ("Church bell", "RUhOCu3LNXM", 0, 10)
+    assert ave_format.answer_text("Violin, fiddle", 2, 6) == "Violin, fiddle, from second 2 to second 6."
     with pytest.raises(ValueError, match="outside 0-10"):
-        ave.parse_line("Bark&x&good&4&12")
+        ave_format.parse_line("Bark&x&good&4&12")
     with pytest.raises(LookupError, match="unknown event category"):
-        ave.parse_line("Doorbell&x&good&1&2")
-    assert len(ave.CATEGORIES) == 28
+        ave_format.parse_line("Doorbell&x&good&1&2")
+    assert len(ave_format.CATEGORIES) == 28
     items = _records(ave.records(raw["ave"], "train"))
     assert len(items) == N
     for r in items:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from pipeline.model.avllm import AVLLM
-from pipeline.model.modality import Modality
+from pipeline.modality import Modality
 from tests.model.conftest import mixed_samples
 
 

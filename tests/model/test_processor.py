@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.model.modality import Modality, modality_ids
+from pipeline.modality import Modality, modality_ids
 from pipeline.model.processor import IGNORE_INDEX, AVSample
 from tests.model.conftest import mixed_samples
 

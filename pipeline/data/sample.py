@@ -1,4 +1,4 @@
-"""Decode one shard sample (key -> bytes) into an `AVSample`, with only the decoders chosen here.
+"""Decode one shard sample (key -> bytes) into an `AVSample`, with only the decoders of `pipeline.media`.
 
 The sample's `json` names the tar keys holding each modality (`media`); only those keys are decoded, with decord
 (video), librosa (audio, 16 kHz mono) and PIL (images, predecoded frames). No key is ever unpickled, whatever its
@@ -8,15 +8,11 @@ extension: webdataset's default decoders would unpickle `.pyd`/`.pickle`, so the
 
 from __future__ import annotations
 
-import io
 import json
 
-import numpy as np
-from PIL import Image
-
+from pipeline.media import decode_audio, decode_image, decode_strip, decode_video
 from pipeline.model.processor import AVSample
 
-AUDIO_RATE = 16000
 # Extensions read from tar files at all; anything else (.pyd, .pickle, ...) is never even loaded into memory.
 ALLOWED_EXTENSIONS = ("json", "mp4", "wav", "flac", "jpg", "jpeg", "png")
 
@@ -38,58 +34,6 @@ def _bytes(sample: dict, key: str) -> bytes:
     if key not in sample:
         raise CorruptSample("missing_media", f"{sample.get('__key__')}: no '{key}' entry in the shard")
     return sample[key]
-
-
-def uniform_indices(n: int, num_frames: int) -> np.ndarray:
-    """`num_frames` indices spread uniformly over n frames, first and last included."""
-    return np.linspace(0, n - 1, num_frames).round().astype(int)
-
-
-def decode_video(data: bytes, num_frames: int) -> np.ndarray:
-    """[T, H, W, 3] uint8 frames sampled uniformly over the clip, read from mp4 bytes by decord."""
-    import decord  # x86_64-only wheel: imported where videos are read, not at package import
-
-    reader = decord.VideoReader(io.BytesIO(data))
-    if len(reader) == 0:
-        raise ValueError("video has no frames")
-    return reader.get_batch(list(uniform_indices(len(reader), num_frames))).asnumpy()
-
-
-def decode_strip(data: bytes, count: object, num_frames: int) -> np.ndarray:
-    """Predecoded frames (a jpg of `count` frames stacked vertically), resampled uniformly to `num_frames`."""
-    count = int(count)
-    strip = np.asarray(decode_image(data))
-    if count < 1 or strip.shape[0] % count:
-        raise ValueError(f"a strip of height {strip.shape[0]} cannot hold {count} frames")
-    frames = strip.reshape(count, strip.shape[0] // count, *strip.shape[1:])
-    return frames[uniform_indices(count, num_frames)]
-
-
-def decode_audio(data: bytes) -> np.ndarray:
-    """Float32 mono waveform at 16 kHz (librosa resamples when the file's rate differs)."""
-    import librosa
-
-    wave, _ = librosa.load(io.BytesIO(data), sr=AUDIO_RATE, mono=True)
-    if wave.size == 0:
-        raise ValueError("audio has no samples")
-    return wave.astype(np.float32, copy=False)
-
-
-def warm_up() -> None:
-    """Pay librosa's one-off start-up (lazy scipy imports, numba cache loading: seconds) in the calling process.
-
-    DataLoader workers are forked anew every epoch; warmed up in the parent, they inherit it instead of each paying.
-    """
-    import soundfile as sf
-
-    buf = io.BytesIO()
-    sf.write(buf, np.zeros(800, np.float32), 8000, format="WAV")
-    decode_audio(buf.getvalue())
-
-
-def decode_image(data: bytes) -> Image.Image:
-    with Image.open(io.BytesIO(data), formats=("JPEG", "PNG")) as img:
-        return img.convert("RGB")
 
 
 def _guarded(reason: str, key: str, fn, *args):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from pipeline.data.media import CorruptSample, allowed_file, decode_sample
+from pipeline.data.sample import CorruptSample, allowed_file, decode_sample
 from pipeline.model.processor import AVSample
 
 
