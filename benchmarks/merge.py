@@ -33,8 +33,8 @@ from pipeline.config import load_config, save_config  # noqa: E402
 from pipeline.model.avllm import AVLLM  # noqa: E402
 from pipeline.model.config import ModelConfig  # noqa: E402
 from pipeline.model.processor import AVSample  # noqa: E402
-from pipeline.model.tiny import write_tiny  # noqa: E402
-from pipeline.train.checkpoint import load_trainables, write_trainables  # noqa: E402
+from pipeline.testing.tiny import write_tiny  # noqa: E402
+from pipeline.rundir import load_trainables, write_trainables  # noqa: E402
 from pipeline.train.config import RunConfig  # noqa: E402
 
 @dataclasses.dataclass

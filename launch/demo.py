@@ -21,7 +21,6 @@ from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -41,7 +40,7 @@ def done(start: float, what: str) -> None:
 def prepare_data(out: Path, n: int, seed: int) -> None:
     from data_prep import synthetic, synthetic_bench
     from data_prep.shard import write_shards
-    from pipeline.model.tiny import write_tiny
+    from pipeline.testing.tiny import write_tiny
 
     t = step("tiny components, synthetic raw data, shards")
     if not (out / "components" / "model.yaml").is_file():
@@ -100,7 +99,7 @@ def bench_args(out: Path, bench: str) -> list[str]:
 
 
 def evaluate(out: Path, model: Path) -> dict[str, dict]:
-    from launch.eval import main as eval_main
+    from pipeline.eval.runner import main as eval_main
 
     results = {}
     for bench in BENCHES:

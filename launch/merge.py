@@ -4,12 +4,10 @@
                            [--checkpoint step-N|DIR] [--max-shard-size-mb 2048]
 
 Base model paths come from RUN_DIR/config.yaml (its `model:` section), the trained tensors from RUN_DIR/final (or the
-checkpoint's export/). OUT_DIR loads with `AVLLM.from_pretrained(OUT_DIR)`, and OUT_DIR/llm with stock
-`AutoModelForCausalLM.from_pretrained`. A non-mergeable adapter is refused; `--keep-adapters` ships it unmerged.
-The output is written to `.OUT_DIR.partial` beside OUT_DIR and renamed at the end. See pipeline/merge.py.
-
-Test hook: with AVTRAIN_MERGE_PAUSE=SECONDS set, the merge prints `paused before rename: TMP` to stderr and sleeps
-before the final rename, so a test can kill it at a known point.
+checkpoint's export/). OUT_DIR loads with `pipeline.adapters.io.load_model(OUT_DIR)` (a merged one also with
+`AVLLM.from_pretrained`), and OUT_DIR/llm with stock `AutoModelForCausalLM.from_pretrained`. A non-mergeable adapter
+is refused; `--keep-adapters` ships it unmerged. The output is written to `.OUT_DIR.partial` beside OUT_DIR and
+renamed at the end. See pipeline/merge.py.
 """
 
 from __future__ import annotations
@@ -17,9 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from pipeline.merge import merge_run  # noqa: E402

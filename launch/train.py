@@ -3,7 +3,7 @@
     deepspeed --num_gpus N launch/train.py --config configs/demo/stage2.yaml [--deepspeed configs/ds/zero3.json] \\
         [key=value ...]
     deepspeed --num_gpus N launch/train.py --config configs/demo/continual.yaml   (a `continual.tasks` sequence:
-        each task trained after the previous one, all seen tasks evaluated after each; see pipeline/train/continual.py)
+        each task trained after the previous one, all seen tasks evaluated after each; see pipeline/continual.py)
     torchrun --nproc_per_node N launch/train.py --config ... (works too)
     python launch/train.py --config C --estimate-memory [--gpus-per-node 8 --nodes 2]
 
@@ -16,9 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from pipeline.config import ConfigError, load_config  # noqa: E402
@@ -51,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
             print(estimate(cfg, resolve_ds_config(cfg, gpus * args.nodes), gpus, args.nodes))
             return 0
         if cfg.continual.tasks:
-            from pipeline.train.continual import check_tasks
+            from pipeline.continual import check_tasks
 
             check_tasks(cfg)
         else:
@@ -63,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    from pipeline.train.continual import run_continual
+    from pipeline.continual import run_continual
     from pipeline.train.loop import TrainingStopped, close_distributed, train
 
     try:

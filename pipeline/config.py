@@ -22,6 +22,11 @@ class ConfigError(ValueError):
     """A config problem, phrased as one line naming the key and the file."""
 
 
+def _loc(where: str) -> str:
+    """The location prefix of a message: "file: ", or nothing for a section checked on its own."""
+    return f"{where}: " if where else ""
+
+
 def _origin_args(tp: Any) -> tuple[Any, tuple]:
     return typing.get_origin(tp), typing.get_args(tp)
 
@@ -52,19 +57,19 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
         raise errors[0]
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: '{key}' must be a mapping of {tp.__name__} fields, got {value!r}")
+            raise ConfigError(f"{_loc(where)}'{key}' must be a mapping of {tp.__name__} fields, got {value!r}")
         return _build(tp, value, key, where)
     if origin in (list, tuple):
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: '{key}' expects a list, got {value!r}")
+            raise ConfigError(f"{_loc(where)}'{key}' expects a list, got {value!r}")
         item = args[0] if args else Any
         items = [_coerce(v, item, f"{key}[{i}]", where) for i, v in enumerate(value)]
         return items if origin is list else tuple(items)
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: '{key}' expects a mapping, got {value!r}")
+            raise ConfigError(f"{_loc(where)}'{key}' expects a mapping, got {value!r}")
         return dict(value)
     if tp is Any:
         return value
@@ -96,13 +101,13 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
         if isinstance(value, (str, Path)):
             path = Path(value).expanduser()
             if not path.exists():
-                raise ConfigError(f"{where}: '{key}' points at {path}, which does not exist")
+                raise ConfigError(f"{_loc(where)}'{key}' points at {path}, which does not exist")
             return path
     elif isinstance(tp, type) and issubclass(tp, Path):
         return tp(value)
     else:
-        raise ConfigError(f"{where}: '{key}' has an unsupported type {tp!r}")
-    raise ConfigError(f"{where}: '{key}' expects {_describe(tp)}, got {value!r}")
+        raise ConfigError(f"{_loc(where)}'{key}' has an unsupported type {tp!r}")
+    raise ConfigError(f"{_loc(where)}'{key}' expects {_describe(tp)}, got {value!r}")
 
 
 def _build(cls: type[T], data: dict, prefix: str, where: str) -> T:
@@ -111,8 +116,8 @@ def _build(cls: type[T], data: dict, prefix: str, where: str) -> T:
     for name in data:
         if name not in fields:
             key = f"{prefix}.{name}" if prefix else name
-            known = ", ".join(sorted(fields))
-            raise ConfigError(f"{where}: unknown key '{key}' (known keys here: {known})")
+            known = ", ".join(sorted(fields)) or "none"
+            raise ConfigError(f"{_loc(where)}unknown key '{key}' (known keys here: {known})")
     kwargs = {}
     for name, value in data.items():
         key = f"{prefix}.{name}" if prefix else name
@@ -120,13 +125,13 @@ def _build(cls: type[T], data: dict, prefix: str, where: str) -> T:
     try:
         obj = cls(**kwargs)
     except TypeError as exc:
-        raise ConfigError(f"{where}: {prefix or cls.__name__}: {exc}") from None
+        raise ConfigError(f"{_loc(where)}{prefix or cls.__name__}: {exc}") from None
     validate = getattr(obj, "validate", None)
     if callable(validate):
         try:
             validate()
         except ValueError as exc:
-            raise ConfigError(f"{where}: {exc}") from None
+            raise ConfigError(f"{_loc(where)}{exc}") from None
     return obj
 
 
@@ -160,9 +165,10 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
     return parsed
 
 
-def from_dict(cls: type[T], data: dict, where: str = "<dict>") -> T:
-    """Build a dataclass tree from plain data, with the same checks as `load_config`."""
-    return _build(cls, data or {}, "", where)
+def from_dict(cls: type[T], data: dict, where: str = "<dict>", prefix: str = "") -> T:
+    """Build a dataclass tree from plain data, with the same checks as `load_config`; `prefix` is the dotted key of
+    `data` in a larger config (named in errors), `where` the file it came from ("" when it is reported by a caller)."""
+    return _build(cls, data or {}, prefix, where)
 
 
 def load_config(cls: type[T], path: str | Path | None, overrides: list[str] = ()) -> T:

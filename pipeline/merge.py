@@ -4,9 +4,9 @@ Memory. The LLM is never materialised. The AVLLM is composed around a meta-devic
 projectors are small and load for real); the LLM's weights then stream from the base checkpoint one tensor at a time.
 Each adapted layer is rebuilt on the CPU from its base weight and its trained tensors and folded by the adapter's own
 `merged_linear` (so every mergeable adapter, present or future, merges by the code that trained it), and the result
-goes into size-bounded shards. Peak memory: one output shard + one layer + towers and projectors. MoRA couples layers
-across towers (a layer's update reads the other towers' Gram matrices); all its S tensors are in the export, so they
-are handed to every layer up front (`pipeline.adapters.mora.pin_shared`) and the fold stays one layer at a time.
+goes into size-bounded shards. Peak memory: one output shard + one layer + towers and projectors. A method whose
+layers share run-level state (MoRA couples towers through their Gram matrices) sets it from the export up front
+(`pipeline.adapters.prepare_merge`), so the fold stays one layer at a time.
 
 Exactness. The fold runs in fp32 on the weights the trained model saw (the base cast to the run's dtype), then the
 result is cast to the output dtype. The media-token rows of the embedding (and an untied head) are grown exactly as
@@ -16,8 +16,9 @@ without such a flag is refused.
 
 Output: `AVLLM.save_pretrained`'s layout plus `merge.json` (source run, adapter name and config, base paths, dtype,
 sha256 of every other file). `--keep-adapters` writes the base weights unmerged plus `adapter/` (the adapter in
-`pipeline.adapters.io`'s format), which `AVLLM.from_pretrained` attaches. Everything is written into `.OUT.partial`
-beside OUT and renamed at the end; a left-over `.OUT.partial` (a killed merge) is removed by the next merge.
+`pipeline.adapters.io`'s format), which `pipeline.adapters.io.load_model` attaches. Everything is written into
+`.OUT.partial` beside OUT and renamed at the end; a left-over `.OUT.partial` (a killed merge) is removed by the next
+merge.
 """
 
 from __future__ import annotations
@@ -25,10 +26,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import os
 import shutil
-import sys
-import time
 from pathlib import Path
 
 import torch
@@ -36,21 +34,17 @@ import yaml
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, PreTrainedModel
 
-from pipeline.adapters import ADAPTERS, adapter_layers, merge
+from pipeline.adapters import AdapterLinear, adapter_layers, merge, prepare_merge
 from pipeline.adapters.config import AdapterConfig
-from pipeline.adapters.core import AdapterLinear
 from pipeline.adapters.io import write_adapter
-from pipeline.adapters.mora import pin_shared
 from pipeline.config import from_dict, to_dict
-from pipeline.model.avllm import ADAPTER_DIR, AVLLM
+from pipeline.model.avllm import AVLLM, KEPT_ADAPTER_DIR
 from pipeline.model.config import DTYPES, ModelConfig
 from pipeline.model.shards import ShardReader, ShardWriter, file_sha256
-from pipeline.train.checkpoint import ADAPTER_JSON, COMPLETE, TRAINABLES, load_trainables
+from pipeline.rundir import MERGE_MANIFEST, TRAINABLES, RunDir, export_has, load_trainables, read_export
 
-MANIFEST = "merge.json"
 FORMAT = "avtrain-merge/1"
 BIAS_FLAGS = ("attention_bias", "mlp_bias")
-PAUSE_ENV = "AVTRAIN_MERGE_PAUSE"  # test hook: seconds to sleep before the final rename (see launch/merge.py)
 
 
 class MergeError(ValueError):
@@ -65,6 +59,7 @@ class Source:
     stage1_run: Path | None            # where the projectors come from when the export has none
     adapter: AdapterConfig | None
     layers: list[str]
+    missing: dict | None               # the run's missing-modality section (its train condition)
 
 
 @dataclasses.dataclass
@@ -75,39 +70,26 @@ class _RunSections:
     stage1_run: Path | None = None
 
 
-def _export_dir(run_dir: Path, checkpoint: str | None) -> Path:
-    if checkpoint is None:
-        return run_dir / "final"
-    found = Path(checkpoint) if Path(checkpoint).is_dir() else run_dir / "checkpoints" / checkpoint
-    if found.name == "export":
-        found = found.parent
-    if not (found / COMPLETE).is_file():
-        raise MergeError(f"{found}: not a complete checkpoint of {run_dir} (no {COMPLETE} marker)")
-    return found / "export"
-
-
 def read_source(run_dir: str | Path, checkpoint: str | None = None) -> Source:
     """The run's base model config, adapter and export, or a one-line MergeError naming what is wrong."""
-    run_dir = Path(run_dir)
-    config = run_dir / "config.yaml"
-    if not config.is_file():
-        raise MergeError(f"{run_dir}: not a run directory (no config.yaml)")
-    export = _export_dir(run_dir, checkpoint)
-    for name in (TRAINABLES, ADAPTER_JSON):
-        if not (export / name).is_file():
-            raise MergeError(f"{export}: no {name} (did the run finish? pick a checkpoint with --checkpoint)")
-    data = yaml.safe_load(config.read_text()) or {}
+    run = RunDir(run_dir)
+    if not run.config.is_file():
+        raise MergeError(f"{run}: not a run directory (no config.yaml)")
+    try:
+        export = run.export(checkpoint)
+        adapter, layers = read_export(export)
+    except ValueError as exc:
+        raise MergeError(str(exc)) from None
+    data = yaml.safe_load(run.config.read_text()) or {}
     sections = from_dict(_RunSections, {"model": data.get("model") or {}, "stage1_run": data.get("stage1_run")},
-                         where=str(config))
-    meta = json.loads((export / ADAPTER_JSON).read_text())
-    adapter = from_dict(AdapterConfig, meta["adapter"], where=str(export / ADAPTER_JSON)) if meta["adapter"] else None
-    return Source(run_dir, export, sections.model, sections.stage1_run, adapter, list(meta["layers"]))
+                         where=str(run.config))
+    return Source(run.root, export, sections.model, sections.stage1_run, adapter, layers, data.get("missing"))
 
 
 def check_mergeable(source: Source, keep_adapters: bool) -> None:
     if source.adapter is None or keep_adapters:
         return
-    cls = ADAPTERS[source.adapter.name]
+    cls = source.adapter.method
     if not cls.mergeable:
         raise MergeError(f"adapter '{source.adapter.name}' ({cls.__name__}) cannot be merged: its output depends on "
                          "each token (routing or modality), which no fixed weight reproduces; use --keep-adapters "
@@ -231,13 +213,13 @@ def _load_small_parts(model: AVLLM, source: Source, merging: bool) -> dict[str, 
     """Load projectors (and, when merging, the adapter: real tensors in the towers, no-ops in the meta LLM) into
     `model`; returns the export's tensors for the streamed LLM layers."""
     trained = load_file(str(source.export / TRAINABLES))
-    if not any(k.startswith("projectors.") for k in trained):
+    if not export_has(source.export, "projectors."):
         if source.stage1_run is None:
             raise MergeError(f"{source.export}: holds no projector weights and the run names no stage1_run")
-        load_trainables(model, Path(source.stage1_run) / "final", prefixes=("projectors.",))
+        load_trainables(model, RunDir(source.stage1_run).final, prefixes=("projectors.",))
     if merging:
         load_trainables(model, source.export)
-    elif any(k.startswith("projectors.") for k in trained):
+    elif export_has(source.export, "projectors."):
         load_trainables(model, source.export, prefixes=("projectors.",))
     return trained
 
@@ -248,8 +230,8 @@ def write_checkpoint(source: Source, out: Path, dtype_name: str, keep_adapters: 
     compute = dataclasses.replace(source.model, dtype="fp32")
     model = AVLLM(compute, llm=_meta_llm(AutoConfig.from_pretrained(source.model.llm)))
     trained = _load_small_parts(model, source, merging)
-    if merging and source.adapter.name == "mora":  # a layer's fold reads every tower's S: give it all, up front
-        pin_shared(model, trained, torch.float32)
+    if merging:
+        prepare_merge(model, trained, torch.float32)
     write_llm(model, source.model, out / "llm", dtype, trained, merging, shard_bytes)
     if merging:  # the towers' adapters (the LLM's were folded while streaming; its skeleton stays on meta)
         for name, part in model.named_children():
@@ -261,7 +243,7 @@ def write_checkpoint(source: Source, out: Path, dtype_name: str, keep_adapters: 
     if source.adapter is not None and keep_adapters:
         state = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in trained.items()
                  if any(k.startswith(layer + ".") for layer in source.layers)}
-        write_adapter(out / ADAPTER_DIR, source.adapter, source.layers, state)
+        write_adapter(out / KEPT_ADAPTER_DIR, source.adapter, source.layers, state)
 
 
 def write_manifest(source: Source, out: Path, dtype_name: str, merged: bool) -> None:
@@ -276,12 +258,11 @@ def write_manifest(source: Source, out: Path, dtype_name: str, merged: bool) -> 
         "base": {k: None if getattr(source.model, k) is None else str(Path(getattr(source.model, k)).resolve())
                  for k in ("llm", "vision", "audio", "tokenizer")},
         "dtype": dtype_name,
-        # the run's missing-modality training (its train condition, which eval --missing-grid names); read here, as
-        # the merge itself does not need it
-        "missing": (yaml.safe_load((source.run_dir / "config.yaml").read_text()) or {}).get("missing"),
+        # the run's missing-modality training (its train condition, which eval --missing-grid names)
+        "missing": source.missing,
         "files": files,
     }
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    (out / MERGE_MANIFEST).write_text(json.dumps(manifest, indent=2))
 
 
 def merge_run(run_dir: str | Path, out: str | Path, dtype: str | None = None, force: bool = False,
@@ -301,9 +282,6 @@ def merge_run(run_dir: str | Path, out: str | Path, dtype: str | None = None, fo
     try:
         write_checkpoint(source, tmp, dtype, keep_adapters, shard_bytes)
         write_manifest(source, tmp, dtype, merged=source.adapter is not None and not keep_adapters)
-        if os.environ.get(PAUSE_ENV):
-            print(f"paused before rename: {tmp}", file=sys.stderr, flush=True)
-            time.sleep(float(os.environ[PAUSE_ENV]))
         old = out.with_name(f".{out.name}.old")
         if out.exists():
             out.rename(old)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from enum import IntEnum
 
 import torch
+import torch.nn.functional as F
 
 
 class Modality(IntEnum):
@@ -24,6 +25,19 @@ class Modality(IntEnum):
 
 
 NON_TEXT = (Modality.VISUAL, Modality.AUDIO)
+MODALITIES = 3  # TEXT, VISUAL, AUDIO: the ids 0, 1, 2 (index per-modality stacks of adapter weights)
+
+
+def modality_onehot(ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """[..., 3] indicator of each token's modality; PAD (-1) rows are all zero."""
+    return F.one_hot(ids + 1, MODALITIES + 1)[..., 1:].to(dtype)
+
+
+def modality_rows(ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """0/1 indicators (same shape as ids) of text and of non-text (visual or audio) positions; PAD is neither."""
+    text = (ids == int(Modality.TEXT)).to(dtype)
+    other = ((ids == int(Modality.VISUAL)) | (ids == int(Modality.AUDIO))).to(dtype)
+    return text, other
 
 
 class ModalityContext:

@@ -20,7 +20,7 @@ from data_prep.synthetic import generate
 from pipeline.config import load_config
 from pipeline.model.avllm import AVLLM
 from pipeline.model.config import ModelConfig
-from pipeline.model.tiny import write_tiny
+from pipeline.testing.tiny import write_tiny
 
 hf_logging.disable_progress_bar()
 hf_logging.set_verbosity_error()

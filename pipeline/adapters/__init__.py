@@ -1,4 +1,4 @@
-"""Parameter-efficient adapters: the registry, `attach`, `merge` and `mark_trainable`.
+"""Parameter-efficient adapters: the registry, `attach`, `merge`, `mark_trainable` and the per-run hooks.
 
 `attach(model, cfg)` replaces each target `nn.Linear` (chosen by `cfg.targets` / `cfg.scope`, see AdapterConfig) by
 the adapter class registered under `cfg.name`, freezes the wrapped base weights and makes the adapter's own
@@ -16,32 +16,13 @@ from fnmatch import fnmatchcase
 import torch
 from torch import nn
 
-from pipeline.adapters.bitfit import BitFitLinear
+# Each method registers itself in ADAPTERS when its module is imported; this import order is the registry's order.
+# isort: off
+from pipeline.adapters import lora, dora, bitfit, imod, unimodal, moka, loramoe, hydralora, mora, delo  # noqa: F401
+# isort: on
+from pipeline.adapters.base import ADAPTERS, AdapterLinear, adapter_layers, adapter_state
 from pipeline.adapters.config import AdapterConfig
-from pipeline.adapters.core import AdapterLinear, adapter_layers, adapter_state
-from pipeline.adapters.delo import DeLoLinear
-from pipeline.adapters.dora import DoRALinear
-from pipeline.adapters.hydralora import HydraLoRALinear
-from pipeline.adapters.imod import IMoDLinear
-from pipeline.adapters.lora import LoRALinear
-from pipeline.adapters.loramoe import LoRAMoELinear
-from pipeline.adapters.moka import MokALinear
-from pipeline.adapters.mora import MoRALinear
-from pipeline.adapters.unimodal import UniModalLoRALinear
 from pipeline.modality import ModalityContext
-
-ADAPTERS: dict[str, type[AdapterLinear]] = {
-    "lora": LoRALinear,
-    "dora": DoRALinear,
-    "bitfit": BitFitLinear,
-    "imod": IMoDLinear,
-    "unimodal_lora": UniModalLoRALinear,
-    "moka": MokALinear,
-    "loramoe": LoRAMoELinear,
-    "hydralora": HydraLoRALinear,
-    "mora": MoRALinear,
-    "delo": DeLoLinear,
-}
 
 Contexts = ModalityContext | Mapping[str, ModalityContext] | None
 
@@ -97,7 +78,7 @@ def attach(model: nn.Module, cfg: AdapterConfig, contexts: Contexts = None) -> A
     if not names:
         raise ValueError(f"adapter.targets: no linear layer matches {cfg.targets} (scope {cfg.scope or 'all'})")
     depths = _depths(names)
-    make_layer = ADAPTERS[cfg.name].layer_factory(cfg)
+    make_layer = cfg.method.layer_factory(cfg)
     for name in names:
         parent_name, _, leaf = name.rpartition(".")
         parent = model.get_submodule(parent_name)
@@ -151,7 +132,20 @@ def merge(model: nn.Module) -> list[str]:
     return list(layers)
 
 
+def start_task(model: nn.Module, task: int) -> None:
+    """Make `task` the trained task of every adapter layer (methods without task slots ignore it). Call after
+    `mark_trainable` and before building the optimizer / DeepSpeed engine of that task."""
+    for layer in adapter_layers(model).values():
+        layer.start_task(task)
+
+
+def prepare_merge(model: nn.Module, state: Mapping[str, torch.Tensor], dtype: torch.dtype) -> None:
+    """Run each adapter method's preparation for a streamed merge of `model` (see `AdapterLinear.prepare_merge`)."""
+    for method in dict.fromkeys(type(layer) for layer in adapter_layers(model).values()):
+        method.prepare_merge(model, state, dtype)
+
+
 __all__ = [
     "ADAPTERS", "AdapterConfig", "AdapterLinear", "AttachReport", "adapter_layers", "adapter_parameters",
-    "adapter_state", "attach", "aux_loss", "mark_trainable", "merge",
+    "adapter_state", "attach", "aux_loss", "mark_trainable", "merge", "prepare_merge", "start_task",
 ]

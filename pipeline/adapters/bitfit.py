@@ -11,11 +11,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.adapters.config import AdapterConfig
-from pipeline.adapters.core import AdapterLinear
+from pipeline.adapters.base import AdapterLinear
 from pipeline.modality import ModalityContext
 
 
-class BitFitLinear(AdapterLinear):
+class BitFitLinear(AdapterLinear, name="bitfit"):
     def __init__(self, base: nn.Linear, cfg: AdapterConfig, ctx: ModalityContext, depth: tuple[int, int], name: str):
         super().__init__(base, cfg, ctx, depth, name)
         self.bias = self._new_param(self.out_features)

@@ -1,75 +1,20 @@
-"""Shared adapter machinery: the wrapped-linear base class and the LoRA core that DoRA and IMoD extend.
-
-An adapter replaces an `nn.Linear` by a module that keeps the original layer as `base_layer` (frozen) and adds its
-own parameters. Keeping the original module, rather than copying its weight, means ZeRO-3 partitioning, dtype and
-device of the base weight are untouched, and `merge` can hand back a plain `nn.Linear`.
-"""
+"""The LoRA machinery the LoRA-family methods share: the single-path core (LoRA, DoRA, IMoD, MoRA) and the multi-path
+core of the token-dependent variants (uni-modal LoRA, MokA, LoRAMoE, HydraLoRA)."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.adapters.config import AdapterConfig
+from pipeline.adapters.base import AdapterLinear
 from pipeline.modality import ModalityContext
 
-
-class AdapterLinear(nn.Module):
-    """Base of every adapter: wraps `base_layer` and knows how to fold itself back into one `nn.Linear`.
-
-    `depth` is (index of the block this layer sits in, number of blocks in its stack); methods whose behaviour
-    depends on depth (IMoD's shared ratio) read it, the others ignore it.
-    """
-
-    mergeable: ClassVar[bool] = True
-    # an auxiliary loss from the last forward (e.g. LoRAMoE's load balance), summed by `aux_loss(model)`
-    last_aux_loss: torch.Tensor | None = None
-
-    def __init__(self, base: nn.Linear, cfg: AdapterConfig, ctx: ModalityContext, depth: tuple[int, int], name: str):
-        super().__init__()
-        self.base_layer = base
-        self.ctx = ctx
-        self.depth = depth
-        self.layer_name = name
-        self.in_features = base.in_features
-        self.out_features = base.out_features
-
-    @classmethod
-    def layer_factory(cls, cfg: AdapterConfig) -> Callable[..., AdapterLinear]:
-        """What `attach` calls once per target layer (with this class's constructor arguments). Called once per
-        attach, so a method whose layers share run-level state (MoRA's cross-tower registry) creates it here."""
-        return cls
-
-    def _new_param(self, *shape: int) -> nn.Parameter:
-        w = self.base_layer.weight
-        return nn.Parameter(torch.zeros(*shape, device=w.device, dtype=w.dtype))
-
-    def delta_weight(self) -> torch.Tensor:
-        """Change of the weight matrix that merging applies (same shape as the base weight)."""
-        raise NotImplementedError
-
-    def merged_weight(self) -> torch.Tensor:
-        return self.base_layer.weight + self.delta_weight()
-
-    def merged_bias(self) -> torch.Tensor | None:
-        return self.base_layer.bias
-
-    @torch.no_grad()
-    def merged_linear(self) -> nn.Linear:
-        """A plain `nn.Linear` computing what this adapter computes (in eval mode)."""
-        bias = self.merged_bias()
-        w = self.base_layer.weight
-        out = nn.Linear(self.in_features, self.out_features, bias=bias is not None, device=w.device, dtype=w.dtype)
-        out.weight.copy_(self.merged_weight())
-        if bias is not None:
-            out.bias.copy_(bias)
-        out.requires_grad_(w.requires_grad)
-        return out
+if TYPE_CHECKING:
+    from pipeline.adapters.config import AdapterConfig
 
 
 def lora_hyper(cfg: AdapterConfig) -> tuple[int, float, nn.Module]:
@@ -95,6 +40,8 @@ class LowRankLinear(AdapterLinear):
     `project_down` is the one place that computes u, so the dominance-rate probe sees every LoRA-family method
     the same way.
     """
+
+    lora_family: ClassVar[bool] = True
 
     def __init__(self, base: nn.Linear, cfg: AdapterConfig, ctx: ModalityContext, depth: tuple[int, int], name: str):
         super().__init__(base, cfg, ctx, depth, name)
@@ -124,6 +71,9 @@ class LowRankLinear(AdapterLinear):
 
     def delta_weight(self) -> torch.Tensor:
         return self.scaling * (self.lora_B @ self.lora_A)
+
+    def peft_tensors(self) -> dict[str, torch.Tensor]:
+        return {"lora_A.weight": self.lora_A, "lora_B.weight": self.lora_B}
 
 
 class MultiLowRankLinear(AdapterLinear):
@@ -160,21 +110,3 @@ class MultiLowRankLinear(AdapterLinear):
 def router_weights(router: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Token-level softmax gate g(x) = softmax(W_g x) over the router's rows: [..., n]."""
     return torch.softmax(F.linear(x, router), dim=-1)
-
-
-def adapter_layers(model: nn.Module) -> dict[str, AdapterLinear]:
-    """All adapter layers of `model`, by module name."""
-    return {name: m for name, m in model.named_modules() if isinstance(m, AdapterLinear)}
-
-
-def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The adapter's own tensors (parameters and persistent buffers), excluding the wrapped base layers.
-
-    The tensors share storage with the model, so copying into them loads a state.
-    """
-    state = {}
-    for name, layer in adapter_layers(model).items():
-        for key, tensor in layer.state_dict(keep_vars=True).items():
-            if not key.startswith("base_layer."):
-                state[f"{name}.{key}"] = tensor
-    return state

@@ -23,7 +23,7 @@ gradient reaches the adapters of earlier layers through the hidden states. Each 
 loop adds it to the task loss before backward.
 
 Tasks. Option `tasks` pre-allocates T task slots (parameter names are fixed, so files load with `load_adapter`).
-`start_task(model, t)` makes task t the active one: its pools and router train, every other task's are frozen
+`start_task(model, t)` (`pipeline.adapters`) makes task t the active one: its pools and router train, every other task's are frozen
 (requires_grad False). The trainable set changes, so a loop calls it after `mark_trainable` (which would unfreeze
 all adapter parameters) and builds a new optimizer / DeepSpeed engine per task. In training mode every sample uses
 the active task, and in forwards with grad enabled the active task's key K_t [3, d_in] (buffer `task_keys`) follows
@@ -39,14 +39,16 @@ mergeable: ΔW depends on the input.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pipeline.adapters.config import AdapterConfig
-from pipeline.adapters.core import AdapterLinear, adapter_layers
+from pipeline.adapters.base import AdapterLinear
 from pipeline.modality import Modality, ModalityContext
 
 MODALITIES = (Modality.TEXT, Modality.VISUAL, Modality.AUDIO)
@@ -70,23 +72,57 @@ def straight_through_topk(logits: torch.Tensor, k: int) -> torch.Tensor:
     return hard + (soft - soft.detach())
 
 
-class DeLoLinear(AdapterLinear):
+@dataclass
+class DeLoOptions:
+    pool_size: int = 8  # E: rank-one factors per (task, modality) pool; `rank` of them are selected per sample
+    tasks: int = 1  # task slots pre-allocated; `start_task` activates one, freezing the others
+    align_weight: float = 0.1  # weight of the visual-text query alignment loss (`pipeline.adapters.aux_loss`)
+    key_momentum: float = 0.99  # EMA momentum of the task keys
+
+    def validate(self) -> None:
+        if self.tasks < 1:
+            raise ValueError(f"adapter.options.tasks: must be >= 1, got {self.tasks}")
+
+
+class DeLoLinear(AdapterLinear, name="delo"):
     """Task-partitioned, modality-specific pools of rank-one factors, routed per sample (see the module docstring)."""
 
+    Options = DeLoOptions
     mergeable = False
+
+    @classmethod
+    def check_config(cls, cfg: AdapterConfig) -> None:
+        pool_size = cfg.method_options().pool_size
+        if pool_size < cfg.rank:
+            raise ValueError(f"adapter.options.pool_size: must be >= rank ({cfg.rank}), got {pool_size}")
+
+    @classmethod
+    def for_tasks(cls, cfg: AdapterConfig, tasks: int) -> AdapterConfig:
+        """One pool set per task unless `adapter.options.tasks` says how many (then at least `tasks`)."""
+        if "tasks" not in cfg.options:
+            return dataclasses.replace(cfg, options={**cfg.options, "tasks": tasks})
+        if cfg.method_options().tasks < tasks:
+            raise ValueError(f"adapter.options.tasks={cfg.options['tasks']} task slots for {tasks} continual tasks; "
+                             f"set adapter.options.tasks={tasks}")
+        return cfg
+
+    def start_task(self, task: int) -> None:
+        """Make `task` the active task: its pools and router train, all others freeze."""
+        if not 0 <= task < self.tasks:
+            raise ValueError(f"start_task: task {task} out of range (adapter.options.tasks = {self.tasks})")
+        self.active_task.fill_(task)
+        for t in range(self.tasks):
+            for p in self.task_parameters(t):
+                p.requires_grad_(t == task)
 
     def __init__(self, base: nn.Linear, cfg: AdapterConfig, ctx: ModalityContext, depth: tuple[int, int], name: str):
         super().__init__(base, cfg, ctx, depth, name)
-        opts = cfg.resolved_options()
+        opts = cfg.method_options()
         self.rank = cfg.rank
-        self.pool_size = int(opts["pool_size"])
-        self.tasks = int(opts["tasks"])
-        self.align_weight = float(opts["align_weight"])
-        self.key_momentum = float(opts["key_momentum"])
-        if self.pool_size < self.rank:
-            raise ValueError(f"adapter.options.pool_size: must be >= rank ({self.rank}), got {self.pool_size}")
-        if self.tasks < 1:
-            raise ValueError(f"adapter.options.tasks: must be >= 1, got {self.tasks}")
+        self.pool_size = opts.pool_size
+        self.tasks = opts.tasks
+        self.align_weight = float(opts.align_weight)
+        self.key_momentum = float(opts.key_momentum)
         self.scaling = cfg.alpha / cfg.rank
         self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
         n, e = len(MODALITIES), self.pool_size
@@ -169,20 +205,3 @@ class DeLoLinear(AdapterLinear):
         else:
             delta = torch.bmm(u, b.view(xs.shape[0], self.out_features, n * e).transpose(1, 2))
         return out + self.scaling * delta.view(out.shape)
-
-
-def delo_layers(model: nn.Module) -> list[DeLoLinear]:
-    return [m for m in adapter_layers(model).values() if isinstance(m, DeLoLinear)]
-
-
-def start_task(model: nn.Module, task_id: int) -> None:
-    """Make `task_id` the active task of every DeLo layer: its pools and router train, all others freeze.
-
-    Call after `mark_trainable` and before building the optimizer / DeepSpeed engine of that task."""
-    for layer in delo_layers(model):
-        if not 0 <= task_id < layer.tasks:
-            raise ValueError(f"start_task: task {task_id} out of range (adapter.options.tasks = {layer.tasks})")
-        layer.active_task.fill_(task_id)
-        for t in range(layer.tasks):
-            for p in layer.task_parameters(t):
-                p.requires_grad_(t == task_id)

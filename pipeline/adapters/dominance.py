@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from pipeline.adapters.core import LowRankLinear, adapter_layers
-from pipeline.adapters.imod import modality_rows
+from pipeline.adapters.base import ADAPTERS, adapter_layers
+from pipeline.adapters.core import LowRankLinear
+from pipeline.modality import modality_rows
 
 
 @dataclass
@@ -45,9 +46,11 @@ class DominanceProbe:
     """
 
     def __init__(self, model: nn.Module) -> None:
-        self.layers = {n: m for n, m in adapter_layers(model).items() if isinstance(m, LowRankLinear)}
+        self.layers = {n: m for n, m in adapter_layers(model).items()
+                       if isinstance(m, LowRankLinear) and type(m).lora_family}
         if not self.layers:
-            raise ValueError("DominanceProbe: the model has no LoRA-family adapter layer (lora, dora, imod)")
+            family = ", ".join(name for name, cls in ADAPTERS.items() if cls.lora_family)
+            raise ValueError(f"DominanceProbe: the model has no LoRA-family adapter layer ({family})")
         self.fisher: dict[str, _LayerFisher] = {}
 
     def __enter__(self) -> "DominanceProbe":

@@ -6,6 +6,8 @@ so the formulas and the outputs agree with PEFT's `use_dora=True` layer.
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -15,7 +17,9 @@ from pipeline.adapters.core import LowRankLinear
 from pipeline.modality import ModalityContext
 
 
-class DoRALinear(LowRankLinear):
+class DoRALinear(LowRankLinear, name="dora"):
+    peft_options: ClassVar[dict[str, Any] | None] = {"use_dora": True}
+
     def __init__(self, base: nn.Linear, cfg: AdapterConfig, ctx: ModalityContext, depth: tuple[int, int], name: str):
         super().__init__(base, cfg, ctx, depth, name)
         self.magnitude = self._new_param(self.out_features)
@@ -44,3 +48,6 @@ class DoRALinear(LowRankLinear):
 
     def delta_weight(self) -> torch.Tensor:
         return self.merged_weight() - self.base_layer.weight
+
+    def peft_tensors(self) -> dict[str, torch.Tensor]:
+        return {**super().peft_tensors(), "lora_magnitude_vector": self.magnitude}

@@ -7,6 +7,8 @@ Parameters per layer: r d_in + N r d_out + N d_in.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -15,11 +17,22 @@ from pipeline.adapters.core import MultiLowRankLinear, init_down_, router_weight
 from pipeline.modality import ModalityContext
 
 
-class HydraLoRALinear(MultiLowRankLinear):
+@dataclass
+class HydraLoRAOptions:
+    heads: int = 4  # number of B heads
+
+    def validate(self) -> None:
+        if self.heads < 1:
+            raise ValueError(f"adapter.options.heads: must be an integer >= 1, got {self.heads}")
+
+
+class HydraLoRALinear(MultiLowRankLinear, name="hydralora"):
     """A = lora_A[0], B_h = lora_B[:, h], router W_g = `router` [N, d_in] (nn.Linear's init)."""
 
+    Options = HydraLoRAOptions
+
     def __init__(self, base: nn.Linear, cfg: AdapterConfig, ctx: ModalityContext, depth: tuple[int, int], name: str):
-        heads = int(cfg.resolved_options()["heads"])
+        heads = cfg.method_options().heads
         super().__init__(base, cfg, ctx, depth, name, n_down=1, n_up=heads)
         self.router = init_down_(self._new_param(heads, self.in_features))
 

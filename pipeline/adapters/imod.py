@@ -38,7 +38,8 @@ backpropagated.
 from __future__ import annotations
 
 import zlib
-from typing import NamedTuple
+from dataclasses import dataclass
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -47,9 +48,26 @@ from torch import nn
 
 from pipeline.adapters.config import AdapterConfig
 from pipeline.adapters.core import LowRankLinear
-from pipeline.modality import Modality, ModalityContext
+from pipeline.modality import ModalityContext, modality_rows
 
 TEXT_ID, NONTEXT_ID, SHARED_ID = 0, 1, 2
+
+
+@dataclass
+class IMoDOptions:
+    shared_ratio0: float = 0.2  # r_s(0): share of A's elements in the shared block at the first layer
+    depth_alpha: float = 0.4  # r_s(l) = r_s(0) + depth_alpha * l / L
+    text_share: float = 0.5  # fraction of the non-shared elements that are text-exclusive (the rest: non-text)
+    lambda1: float = 1.0  # weight of the MSDC gradient (L_TS + L_OS)
+    lambda2: float = 1e-4  # weight of the MAAC gradient (L_MA)
+    mask_seed: int = 0  # seed of the element-wise partition masks
+
+    def validate(self) -> None:
+        for key in ("shared_ratio0", "text_share"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ValueError(f"adapter.options.{key}: must be in [0, 1], got {getattr(self, key)}")
+        if self.lambda1 < 0 or self.lambda2 < 0:
+            raise ValueError("adapter.options.lambda1/lambda2: must be >= 0")
 
 
 def shared_ratio(layer: int, num_layers: int, shared_ratio0: float, depth_alpha: float) -> float:
@@ -57,30 +75,23 @@ def shared_ratio(layer: int, num_layers: int, shared_ratio0: float, depth_alpha:
     return min(1.0, max(0.0, shared_ratio0 + depth_alpha * layer / num_layers))
 
 
-def partition_counts(numel: int, layer: int, num_layers: int, opts: dict) -> tuple[int, int, int]:
+def partition_counts(numel: int, layer: int, num_layers: int, opts: IMoDOptions) -> tuple[int, int, int]:
     """Number of (text, non-text, shared) elements of an A with `numel` elements at depth `layer`."""
-    n_shared = round(numel * shared_ratio(layer, num_layers, opts["shared_ratio0"], opts["depth_alpha"]))
-    n_text = round((numel - n_shared) * opts["text_share"])
+    n_shared = round(numel * shared_ratio(layer, num_layers, opts.shared_ratio0, opts.depth_alpha))
+    n_text = round((numel - n_shared) * opts.text_share)
     return n_text, numel - n_shared - n_text, n_shared
 
 
-def partition_ids(shape: tuple[int, int], layer: int, num_layers: int, opts: dict, name: str) -> torch.Tensor:
+def partition_ids(shape: tuple[int, int], layer: int, num_layers: int, opts: IMoDOptions, name: str) -> torch.Tensor:
     """Random interleaved partition of an r x d matrix: int8 ids (0 text, 1 non-text, 2 shared)."""
     numel = shape[0] * shape[1]
     n_text, n_other, _ = partition_counts(numel, layer, num_layers, opts)
-    gen = torch.Generator().manual_seed(int(opts["mask_seed"]) * 1_000_003 + zlib.crc32(name.encode()))
+    gen = torch.Generator().manual_seed(int(opts.mask_seed) * 1_000_003 + zlib.crc32(name.encode()))
     ids = torch.full((numel,), SHARED_ID, dtype=torch.int8)
     perm = torch.randperm(numel, generator=gen)
     ids[perm[:n_text]] = TEXT_ID
     ids[perm[n_text : n_text + n_other]] = NONTEXT_ID
     return ids.view(shape)
-
-
-def modality_rows(ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """0/1 indicators (same shape as ids) of text and of non-text (visual or audio) positions; PAD is neither."""
-    text = (ids == int(Modality.TEXT)).to(dtype)
-    other = ((ids == int(Modality.VISUAL)) | (ids == int(Modality.AUDIO))).to(dtype)
-    return text, other
 
 
 class RowWeights(NamedTuple):
@@ -180,14 +191,18 @@ class _IMoDProjection(torch.autograd.Function):
         return grad_x, grad_a, None, None, None
 
 
-class IMoDLinear(LowRankLinear):
-    """LoRA with IMoD's partition masks and gradient injection; same parameters, same merge as LoRA."""
+class IMoDLinear(LowRankLinear, name="imod"):
+    """LoRA with IMoD's partition masks and gradient injection; same parameters, same merge as LoRA (exported to
+    PEFT as LoRA: at inference it is LoRA)."""
+
+    Options = IMoDOptions
+    peft_options: ClassVar[dict[str, Any] | None] = {}
 
     def __init__(self, base: nn.Linear, cfg: AdapterConfig, ctx: ModalityContext, depth: tuple[int, int], name: str):
         super().__init__(base, cfg, ctx, depth, name)
-        opts = cfg.resolved_options()
-        self.lambda1 = float(opts["lambda1"])
-        self.lambda2 = float(opts["lambda2"])
+        opts = cfg.method_options()
+        self.lambda1 = float(opts.lambda1)
+        self.lambda2 = float(opts.lambda2)
         ids = partition_ids(tuple(self.lora_A.shape), depth[0], depth[1], opts, name)
         self.register_buffer("mask_ids", ids.to(base.weight.device))
         self._partition: tuple[torch.Tensor, tuple[int, torch.dtype], tuple[torch.Tensor, torch.Tensor]] | None = None

@@ -14,6 +14,8 @@ re-runs forward during backward and only overwrites the stored value.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -28,16 +30,30 @@ def balance_loss(g: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     return load.var(correction=0) / load.mean().square().clamp(min=torch.finfo(load.dtype).tiny)
 
 
-class LoRAMoELinear(MultiLowRankLinear):
+@dataclass
+class LoRAMoEOptions:
+    experts: int = 4
+    balance_coef: float = 0.0  # balance_coef · CV²(router load): see the module docstring
+
+    def validate(self) -> None:
+        if self.experts < 1:
+            raise ValueError(f"adapter.options.experts: must be an integer >= 1, got {self.experts}")
+        if self.balance_coef < 0:
+            raise ValueError(f"adapter.options.balance_coef: must be >= 0, got {self.balance_coef}")
+
+
+class LoRAMoELinear(MultiLowRankLinear, name="loramoe"):
     """A_e = lora_A[e], B_e = lora_B[:, e], router W_g = `router` [N, d_in] (nn.Linear's init); `last_aux_loss`
     holds balance_coef · CV² of the last forward (None when balance_coef is 0)."""
 
+    Options = LoRAMoEOptions
+
     def __init__(self, base: nn.Linear, cfg: AdapterConfig, ctx: ModalityContext, depth: tuple[int, int], name: str):
-        opts = cfg.resolved_options()
-        experts = int(opts["experts"])
+        opts = cfg.method_options()
+        experts = opts.experts
         super().__init__(base, cfg, ctx, depth, name, n_down=experts, n_up=experts)
         self.router = init_down_(self._new_param(experts, self.in_features))
-        self.balance_coef = float(opts["balance_coef"])
+        self.balance_coef = float(opts.balance_coef)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         u = self.project_down(x)  # [..., N, r]

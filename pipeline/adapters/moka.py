@@ -13,14 +13,14 @@ audio-visual default 1). Parameters per layer: 3 r d_in + r d_out.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from pipeline.adapters.config import AdapterConfig
 from pipeline.adapters.core import MultiLowRankLinear
-from pipeline.adapters.unimodal import MODALITIES, modality_onehot
-from pipeline.modality import Modality, ModalityContext
+from pipeline.modality import MODALITIES, Modality, ModalityContext, modality_onehot
 
 
 def question_attention(a: torch.Tensor, text: torch.Tensor, ids: torch.Tensor, question: torch.Tensor) -> torch.Tensor:
@@ -34,12 +34,19 @@ def question_attention(a: torch.Tensor, text: torch.Tensor, ids: torch.Tensor, q
     return torch.bmm(probs, text) * nontext
 
 
-class MokALinear(MultiLowRankLinear):
+@dataclass
+class MokAOptions:
+    cross_weight: float = 1.0  # w in a_m' = a_m + w · softmax(a_m qᵀ/√r) q
+
+
+class MokALinear(MultiLowRankLinear, name="moka"):
     """A_m = lora_A[m] (m = 0 text, 1 visual, 2 audio), B = lora_B[:, 0]."""
+
+    Options = MokAOptions
 
     def __init__(self, base: nn.Linear, cfg: AdapterConfig, ctx: ModalityContext, depth: tuple[int, int], name: str):
         super().__init__(base, cfg, ctx, depth, name, n_down=MODALITIES, n_up=1)
-        self.cross_weight = float(cfg.resolved_options()["cross_weight"])
+        self.cross_weight = float(cfg.method_options().cross_weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a_all = self.project_down(x)  # [..., 3, r]

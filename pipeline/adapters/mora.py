@@ -43,7 +43,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.adapters.config import AdapterConfig
-from pipeline.adapters.core import AdapterLinear, LowRankLinear, adapter_layers
+from pipeline.adapters.base import AdapterLinear, adapter_layers
+from pipeline.adapters.core import LowRankLinear
 from pipeline.modality import ModalityContext
 
 
@@ -108,7 +109,7 @@ class MoRAShared:
         return torch.stack(grams).mean(0)
 
 
-class MoRALinear(LowRankLinear):
+class MoRALinear(LowRankLinear, name="mora"):
     """One MoRA layer; see the module docstring for the formula and the choices made."""
 
     def __init__(self, base: nn.Linear, cfg: AdapterConfig, ctx: ModalityContext, depth: tuple[int, int], name: str,
@@ -131,6 +132,17 @@ class MoRALinear(LowRankLinear):
     @classmethod
     def layer_factory(cls, cfg: AdapterConfig) -> Callable[..., AdapterLinear]:
         return functools.partial(cls, shared=MoRAShared(cfg.scope))
+
+    @classmethod
+    def check_config(cls, cfg: AdapterConfig) -> None:
+        if len(cfg.scope) < 2:
+            raise ValueError(f"adapter.scope: mora needs at least two towers (e.g. [vision, audio, llm]), "
+                             f"got {cfg.scope}")
+
+    @classmethod
+    def prepare_merge(cls, model: nn.Module, state: Mapping[str, torch.Tensor], dtype: torch.dtype) -> None:
+        """A layer's fold reads every tower's S: pin them all from the export (see the module docstring)."""
+        pin_shared(model, state, dtype)
 
     def _coupling(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(S of this layer's block, G_o)."""

@@ -8,22 +8,13 @@ Parameters per layer: 3 r (d_in + d_out).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from pipeline.adapters.config import AdapterConfig
 from pipeline.adapters.core import MultiLowRankLinear
-from pipeline.modality import ModalityContext
+from pipeline.modality import MODALITIES, ModalityContext, modality_onehot
 
-MODALITIES = 3  # TEXT, VISUAL, AUDIO: the ids 0, 1, 2 index the stacked A and B
-
-
-def modality_onehot(ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """[..., 3] indicator of each token's modality; PAD (-1) rows are all zero."""
-    return F.one_hot(ids + 1, MODALITIES + 1)[..., 1:].to(dtype)
-
-
-class UniModalLoRALinear(MultiLowRankLinear):
+class UniModalLoRALinear(MultiLowRankLinear, name="unimodal_lora"):
     """A_m = lora_A[m], B_m = lora_B[:, m]; every token computes all three u_m and keeps its own (no gather/scatter,
     which would need data-dependent shapes)."""
 

@@ -10,7 +10,8 @@ Saved layout (`save_pretrained`), readable by `from_pretrained` and, for `llm/`,
     vision/, audio/          encoder weights + their image processor / feature extractor
     projectors.safetensors   the projectors' weights
     adapter/                 optional: an adapter kept unmerged (`launch/merge.py --keep-adapters`), in the format of
-                             `pipeline.adapters.io`; `from_pretrained` attaches it
+                             `pipeline.adapters.io`, whose `load_model` attaches it; `from_pretrained` loads the
+                             base model only, and refuses such a checkpoint unless asked for the base
 """
 
 from __future__ import annotations
@@ -25,17 +26,16 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from pipeline.adapters.io import load_adapter
 from pipeline.config import from_dict, to_dict
 from pipeline.model.config import ModelConfig
-from pipeline.model.encoders import VisionTower, load_audio_tower
+from pipeline.model.encoders import load_tower
 from pipeline.modality import Modality, ModalityContext, modality_ids
 from pipeline.model.processor import PLACEHOLDERS, AVProcessor
 from pipeline.model.projectors import build_projector, tokens_out
 
 CONFIG_FILE = "avllm.json"
 PROJECTORS_FILE = "projectors.safetensors"
-ADAPTER_DIR = "adapter"
+KEPT_ADAPTER_DIR = "adapter"  # written and read by pipeline.adapters.io
 
 
 def load_tokenizer(cfg: ModelConfig):
@@ -66,8 +66,8 @@ class AVLLM(nn.Module):
             cfg.llm, dtype=dtype, attn_implementation=cfg.attn_implementation)
         self._add_token_rows(len(self.tokenizer))
         width = self.llm.config.get_text_config().hidden_size
-        self.vision = VisionTower(cfg.vision, cfg.vision_feature_layer, cfg.vision_pool, dtype) if cfg.vision else None
-        self.audio = load_audio_tower(cfg.audio, cfg.audio_window_seconds, cfg.audio_pool, dtype) if cfg.audio else None
+        self.vision = load_tower("vision", cfg.vision, cfg) if cfg.vision else None
+        self.audio = load_tower("audio", cfg.audio, cfg) if cfg.audio else None
         self.projectors = nn.ModuleDict()
         for name, tower, kind in (("vision", self.vision, cfg.vision_projector), ("audio", self.audio, cfg.audio_projector)):
             if tower is not None:
@@ -105,11 +105,16 @@ class AVLLM(nn.Module):
         return cls(cfg)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, **overrides) -> "AVLLM":
-        """Load a directory written by `save_pretrained` (e.g. a merged checkpoint), with its kept adapter if any."""
+    def from_pretrained(cls, path: str | Path, base_only: bool = False, **overrides) -> "AVLLM":
+        """Load a directory written by `save_pretrained` (e.g. a merged checkpoint). A checkpoint that carries an
+        unmerged adapter is refused unless `base_only` (its base model is wanted): load it with
+        `pipeline.adapters.io.load_model`."""
         path = Path(path)
         if not (path / CONFIG_FILE).is_file():
             raise FileNotFoundError(f"{path}: not an AVLLM checkpoint (no {CONFIG_FILE})")
+        if (path / KEPT_ADAPTER_DIR).is_dir() and not base_only:
+            raise ValueError(f"{path}: carries an unmerged adapter ({KEPT_ADAPTER_DIR}/); load it with "
+                             "pipeline.adapters.io.load_model")
         data = json.loads((path / CONFIG_FILE).read_text())
         for key in ("llm", "vision", "audio", "tokenizer"):
             if data.get(key):
@@ -117,8 +122,6 @@ class AVLLM(nn.Module):
         data.update(overrides)
         model = cls(from_dict(ModelConfig, data, where=str(path / CONFIG_FILE)))
         model.projectors.load_state_dict(load_file(path / PROJECTORS_FILE))
-        if (path / ADAPTER_DIR).is_dir():
-            load_adapter(model, path / ADAPTER_DIR)
         return model
 
     def save_pretrained(self, path: str | Path, llm_weights: bool = True, max_shard_size: str = "2GB") -> None:
@@ -131,12 +134,10 @@ class AVLLM(nn.Module):
         self.tokenizer.save_pretrained(path / "llm")
         cfg = dataclasses.replace(self.config, llm=Path("llm"), tokenizer=None, chat_template=None)
         if self.vision is not None:
-            self.vision.encoder.save_pretrained(path / "vision", max_shard_size=max_shard_size)
-            self.vision.build_preprocessor().save_pretrained(path / "vision")
+            self.vision.save_pretrained(path / "vision", max_shard_size)
             cfg.vision = Path("vision")
         if self.audio is not None:
-            self.audio.encoder.save_pretrained(path / "audio", max_shard_size=max_shard_size)
-            self.audio.build_preprocessor().save_pretrained(path / "audio")
+            self.audio.save_pretrained(path / "audio", max_shard_size)
             cfg.audio = Path("audio")
         save_file({k: v.contiguous() for k, v in self.projectors.state_dict().items()}, path / PROJECTORS_FILE)
         (path / CONFIG_FILE).write_text(json.dumps(to_dict(cfg), indent=2))
@@ -152,7 +153,7 @@ class AVLLM(nn.Module):
             num_frames=cfg.num_frames,
             tokens_per_window=tokens_out(cfg.audio_projector, self.audio.tokens_per_item, cfg.qformer_queries)
             if self.audio else 0,
-            window_samples=int(round(cfg.audio_window_seconds * 16000)),
+            window_samples=int(round(cfg.audio_window_seconds * self.audio.sample_rate)) if self.audio else 0,
             max_windows=cfg.audio_max_windows,
             max_length=cfg.max_length,
         )

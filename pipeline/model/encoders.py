@@ -1,15 +1,18 @@
-"""Frozen modality encoders loaded from local checkpoints, behind one small interface.
+"""Frozen modality encoders loaded from local checkpoints, behind one small interface (`Tower`).
 
-A tower maps a batch of inputs to token features: `VisionTower(pixel_values [N,3,H,W]) -> [N, P, D]` (patch tokens
-of one image or video frame) and `AudioTower(features [N, ...]) -> [N, T, D]` (tokens of one fixed-length audio
-window). Each tower knows how many tokens it yields per item and builds its own preprocessor, so the batch builder
-never special-cases an architecture. New audio encoders register in `AUDIO_TOWERS` (a config change, not a rewrite).
+A tower maps a batch of inputs to token features: a vision tower `pixel_values [N,3,H,W] -> [N, P, D]` (patch tokens
+of one image or video frame), an audio tower `features [N, ...] -> [N, T, D]` (tokens of one fixed-length audio
+window). Each tower knows how many tokens it yields per item, its input sample rate, a dummy input, and builds its own
+preprocessor, so the model and the batch builder never special-case an architecture. A new encoder is one class
+registered for its checkpoint's `model_type` with `@tower(...)`; `load_tower` picks it from the checkpoint's config.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -17,8 +20,51 @@ from safetensors import safe_open
 from torch import nn
 from transformers import AutoConfig, AutoImageProcessor, CLIPVisionModel, SiglipVisionModel
 
-VISION_CLASSES = {"clip": CLIPVisionModel, "clip_vision_model": CLIPVisionModel,
-                  "siglip": SiglipVisionModel, "siglip_vision_model": SiglipVisionModel}
+from pipeline.media import SAMPLE_RATE
+from pipeline.model.config import ModelConfig
+
+Kind = Literal["vision", "audio"]
+
+
+class Tower(Protocol):
+    """What the composed model and the processor need from a modality encoder."""
+
+    encoder: nn.Module                     # the checkpoint's model (its parameter names are the saved ones)
+    hidden_size: int                       # width of one token feature
+    tokens_per_item: int                   # tokens per image / video frame, or per audio window
+    sample_rate: int                       # audio: the waveform rate its preprocessor takes (vision: SAMPLE_RATE)
+
+    def build_preprocessor(self) -> Any: ...
+
+    def dummy_input(self) -> torch.Tensor: ...
+
+    def save_pretrained(self, path: Path, max_shard_size: str) -> None: ...
+
+    def __call__(self, values: torch.Tensor) -> torch.Tensor: ...
+
+
+TOWERS: dict[Kind, dict[str, Callable[[Path, ModelConfig], Tower]]] = {"vision": {}, "audio": {}}
+
+
+def tower(kind: Kind, *model_types: str):
+    """Class decorator: register a tower for checkpoints whose config has one of `model_types`."""
+
+    def register(cls):
+        for model_type in model_types:
+            TOWERS[kind][model_type] = cls
+        return cls
+
+    return register
+
+
+def load_tower(kind: Kind, path: Path, cfg: ModelConfig) -> Tower:
+    """The registered tower for the checkpoint at `path` (by its `model_type`), built with the model settings."""
+    model_type = AutoConfig.from_pretrained(path).model_type
+    cls = TOWERS[kind].get(model_type)
+    if cls is None:
+        raise ValueError(f"{path}: {kind} encoder type '{model_type}' is not supported "
+                         f"(supported: {', '.join(sorted(TOWERS[kind]))})")
+    return cls(path, cfg)
 
 
 def load_safetensors_prefix(path: Path, prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
@@ -47,20 +93,33 @@ def load_safetensors_prefix(path: Path, prefixes: tuple[str, ...]) -> dict[str, 
     return state
 
 
-class VisionTower(nn.Module):
+class _SavedTower(nn.Module):
+    """Saving: the encoder's weights and config, and its preprocessor, as a checkpoint directory."""
+
+    encoder: nn.Module
+
+    def build_preprocessor(self) -> Any:
+        raise NotImplementedError
+
+    def save_pretrained(self, path: Path, max_shard_size: str) -> None:
+        self.encoder.save_pretrained(path, max_shard_size=max_shard_size)
+        self.build_preprocessor().save_pretrained(path)
+
+
+@tower("vision", "clip", "clip_vision_model", "siglip", "siglip_vision_model")
+class VisionTower(_SavedTower):
     """CLIP or SigLIP vision encoder; patch tokens from a chosen hidden layer (CLS dropped), optional 2-D pooling."""
 
-    def __init__(self, path: Path, feature_layer: int = -2, pool: int = 1, dtype: torch.dtype = torch.float32):
+    sample_rate = SAMPLE_RATE
+
+    def __init__(self, path: Path, cfg: ModelConfig):
         super().__init__()
-        config = AutoConfig.from_pretrained(path)
-        cls = VISION_CLASSES.get(config.model_type)
-        if cls is None:
-            raise ValueError(f"{path}: vision encoder type '{config.model_type}' is not supported "
-                             f"(supported: {', '.join(sorted(VISION_CLASSES))})")
-        self.encoder = cls.from_pretrained(path, dtype=dtype)
+        model_type = AutoConfig.from_pretrained(path).model_type
+        cls = SiglipVisionModel if model_type.startswith("siglip") else CLIPVisionModel
+        self.encoder = cls.from_pretrained(path, dtype=cfg.torch_dtype)
         self.path = Path(path)
-        self.feature_layer = feature_layer
-        self.pool = pool
+        self.feature_layer = cfg.vision_feature_layer
+        pool = self.pool = cfg.vision_pool
         vcfg = self.encoder.config
         self.has_cls = vcfg.model_type.startswith("clip")
         self.grid = vcfg.image_size // vcfg.patch_size
@@ -88,7 +147,8 @@ class VisionTower(nn.Module):
         return feats
 
 
-class WhisperAudioTower(nn.Module):
+@tower("audio", "whisper")
+class WhisperAudioTower(_SavedTower):
     """The Whisper encoder on short fixed windows.
 
     Whisper is trained on 30 s inputs; for shorter windows (MokA uses 1-2 s) the positional table is cut to the
@@ -96,11 +156,12 @@ class WhisperAudioTower(nn.Module):
     rather than 30 s of padding.
     """
 
-    def __init__(self, path: Path, window_seconds: float, pool: int = 1, dtype: torch.dtype = torch.float32):
+    def __init__(self, path: Path, cfg: ModelConfig):
         super().__init__()
         from transformers import WhisperFeatureExtractor
         from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
+        window_seconds, pool, dtype = cfg.audio_window_seconds, cfg.audio_pool, cfg.torch_dtype
         self.path = Path(path)
         config = AutoConfig.from_pretrained(path)
         fe = WhisperFeatureExtractor.from_pretrained(path)
@@ -116,7 +177,7 @@ class WhisperAudioTower(nn.Module):
         self.encoder.load_state_dict(state, strict=True)
         self.encoder.to(dtype)
         self.window_seconds = window_seconds
-        self.sampling_rate = fe.sampling_rate
+        self.sample_rate = fe.sampling_rate
         self.pool = pool
         if positions % pool:
             raise ValueError(f"model.audio_pool={pool} must divide the {positions} tokens of one audio window")
@@ -143,19 +204,22 @@ class WhisperAudioTower(nn.Module):
         return feats
 
 
-class ASTAudioTower(nn.Module):
+@tower("audio", "audio-spectrogram-transformer")
+class ASTAudioTower(_SavedTower):
     """The Audio Spectrogram Transformer (AST) on fixed windows of the checkpoint's own length.
 
     AST's positional table is learned for `max_length` frames (10 ms hop; AudioSet checkpoints: 1024 = 10.24 s), so
     `model.audio_window_seconds` must be max_length / 100. Its two leading [CLS]/distillation tokens are dropped.
     """
 
-    def __init__(self, path: Path, window_seconds: float, pool: int = 1, dtype: torch.dtype = torch.float32):
+    def __init__(self, path: Path, cfg: ModelConfig):
         super().__init__()
-        from transformers import ASTModel
+        from transformers import ASTFeatureExtractor, ASTModel
 
+        window_seconds, pool = cfg.audio_window_seconds, cfg.audio_pool
         self.path = Path(path)
-        self.encoder = ASTModel.from_pretrained(path, dtype=dtype)
+        self.encoder = ASTModel.from_pretrained(path, dtype=cfg.torch_dtype)
+        self.sample_rate = ASTFeatureExtractor.from_pretrained(path).sampling_rate
         config = self.encoder.config
         if round(window_seconds * 100) != config.max_length:
             raise ValueError(f"model.audio_window_seconds={window_seconds} must be {config.max_length / 100} for the "
@@ -182,15 +246,3 @@ class ASTAudioTower(nn.Module):
         if self.pool > 1:
             feats = F.avg_pool1d(feats.transpose(1, 2), self.pool).transpose(1, 2)
         return feats
-
-
-AUDIO_TOWERS = {"whisper": WhisperAudioTower, "audio-spectrogram-transformer": ASTAudioTower}
-
-
-def load_audio_tower(path: Path, window_seconds: float, pool: int = 1, dtype: torch.dtype = torch.float32) -> nn.Module:
-    model_type = AutoConfig.from_pretrained(path).model_type
-    cls = AUDIO_TOWERS.get(model_type)
-    if cls is None:
-        raise ValueError(f"{path}: audio encoder type '{model_type}' is not supported "
-                         f"(registered: {', '.join(sorted(AUDIO_TOWERS))})")
-    return cls(path, window_seconds=window_seconds, pool=pool, dtype=dtype)

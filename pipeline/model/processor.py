@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from pipeline.media import SAMPLE_RATE
 from pipeline.modality import Modality
 
 IGNORE_INDEX = -100
@@ -56,7 +57,7 @@ class AVProcessor:
     """
 
     def __init__(self, tokenizer, *, image_processor=None, audio_processor=None, tokens_per_image: int = 0,
-                 num_frames: int = 8, tokens_per_window: int = 0, window_samples: int = 16000,
+                 num_frames: int = 8, tokens_per_window: int = 0, window_samples: int = SAMPLE_RATE,
                  max_windows: int = 10, max_length: int = 2048) -> None:
         if not getattr(tokenizer, "is_fast", False):
             raise ValueError("the tokenizer must be a fast (tokenizers-backed) tokenizer: offsets are needed for labels")
@@ -74,7 +75,7 @@ class AVProcessor:
         self.window_samples = window_samples
         self.max_windows = max_windows
         self.max_length = max_length
-        self.sampling_rate = getattr(audio_processor, "sampling_rate", 16000)
+        self.sampling_rate = getattr(audio_processor, "sampling_rate", SAMPLE_RATE)
         self.token_ids = {p: tokenizer.convert_tokens_to_ids(p) for p in PLACEHOLDERS}
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 

@@ -53,7 +53,7 @@ class TaskConfig:
 
 @dataclass
 class ContinualConfig:
-    """An ordered task sequence (see pipeline/train/continual.py); empty: one ordinary run."""
+    """An ordered task sequence (see pipeline/continual.py); empty: one ordinary run."""
 
     tasks: list[TaskConfig] = field(default_factory=list)
     eval_batch_size: int = 16
@@ -107,9 +107,7 @@ class RunConfig:
             raise ValueError("continual.tasks: a task sequence instruction-tunes adapters; set stage: 2")
         if self.continual.tasks and self.resume not in ("auto", "none"):
             raise ValueError("resume: a continual run resumes each task from its own directory; use auto or none")
-        tasks = self.adapter.options.get("tasks") if self.adapter.name == "delo" else None
-        if tasks is not None and len(self.continual.tasks) > int(tasks):
-            raise ValueError(f"adapter.options.tasks={tasks} task slots for {len(self.continual.tasks)} continual "
-                             f"tasks; set adapter.options.tasks={len(self.continual.tasks)}")
+        if self.continual.tasks:
+            self.adapter.for_tasks(len(self.continual.tasks))  # the adapter can hold the sequence
         if self.resume not in ("auto", "none") and not Path(self.resume).is_dir():
             raise ValueError(f"resume: '{self.resume}' is neither auto, none, nor a checkpoint directory")

@@ -10,11 +10,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from pipeline.rundir import RunDir
+
 
 class MetricsLogger:
-    def __init__(self, run_dir: Path, total_steps: int, start_step: int, enabled: bool) -> None:
+    def __init__(self, run_dir: RunDir, total_steps: int, start_step: int, enabled: bool) -> None:
         self.enabled = enabled
-        self.path = run_dir / "metrics.jsonl"
+        self.path = run_dir.metrics
         self.run_dir = run_dir
         if not enabled:
             return
@@ -25,7 +27,7 @@ class MetricsLogger:
         elif start_step > 0 and self.path.exists():  # a resumed run drops what was logged after its checkpoint
             kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= start_step]
             self.path.write_text("".join(line + "\n" for line in kept))
-        self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=start_step + 1 if start_step else None)
+        self.writer = SummaryWriter(str(run_dir.tensorboard), purge_step=start_step + 1 if start_step else None)
         self.bar = tqdm(total=total_steps, initial=start_step, desc="train", dynamic_ncols=True)
 
     def log(self, metrics: dict) -> None:
@@ -51,7 +53,7 @@ class MetricsLogger:
             return
         self.bar.close()
         self.writer.close()
-        plot_loss(self.path, self.run_dir / "loss.png")
+        plot_loss(self.path, self.run_dir.loss_plot)
 
 
 def plot_loss(metrics: Path, out: Path) -> None:

@@ -1,9 +1,12 @@
 """One training loop for both stages, on a DeepSpeed engine (ZeRO 1/2/3, CPU+gloo or CUDA+NCCL).
 
-A step is one optimizer step over `gradient_accumulation_steps` micro-batches on every rank. Checkpoints are taken at
-step boundaries, so a resumed run replays exactly the micro-batches an uninterrupted run would have seen next.
-A non-finite loss on any rank drops that micro-batch on every rank (no backward, so ranks stay in step); after
-`train.max_bad_steps` in a row the run saves a checkpoint and stops.
+`train` reads top to bottom in three parts: `prepare` (model, data, engine, resume, logs), `run_steps` (optimizer
+steps until the planned total) and `finish` (final checkpoint, export, data report).
+
+A step is one optimizer step over `gradient_accumulation_steps` micro-batches on every rank (an accumulation
+`Window`). Checkpoints are taken at step boundaries, so a resumed run replays exactly the micro-batches an
+uninterrupted run would have seen next. A non-finite loss on any rank drops that micro-batch on every rank (no
+backward, so ranks stay in step); after `train.max_bad_steps` in a row the run saves a checkpoint and stops.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import os
 import time
 from collections import Counter
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import deepspeed
@@ -21,12 +25,12 @@ import torch
 import torch.distributed as dist
 from transformers import get_cosine_schedule_with_warmup
 
-from pipeline.adapters import adapter_layers, aux_loss
-from pipeline.adapters.core import LowRankLinear
+from pipeline.adapters import AttachReport, adapter_layers, aux_loss
 from pipeline.adapters.dominance import DominanceProbe
 from pipeline.config import save_config, to_dict
 from pipeline.data.loader import ShardLoader
-from pipeline.train.checkpoint import complete_checkpoints, load_checkpoint, save_checkpoint, write_trainables
+from pipeline.rundir import RunDir, write_trainables
+from pipeline.train.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.train.config import RunConfig
 from pipeline.train.ds_config import offloads_optimizer, resolve_ds_config
 from pipeline.train.logging import MetricsLogger
@@ -80,39 +84,66 @@ def _all_sum(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
-def _resume_point(cfg: RunConfig, run_dir: Path) -> Path | None:
+def _resume_point(cfg: RunConfig, run_dir: RunDir) -> Path | None:
     if cfg.resume == "none":
         return None
     if cfg.resume != "auto":
         return Path(cfg.resume)
-    found = complete_checkpoints(run_dir)
+    found = run_dir.complete_checkpoints()
     return found[-1] if found else None
 
 
+@dataclass
+class Window:
+    """The micro-batches of one optimizer step on this rank (the gradient accumulation window)."""
+
+    loss: float = 0.0                      # sum of the micro-batches' reported losses
+    tokens: int = 0                        # attended tokens
+    micro: int = 0                         # micro-batches that counted (a dropped non-finite one does not)
+    dominance: float | None = None         # the Non-Text Dominance Rate, when this step probes it
+    started: float = field(default_factory=time.time)
+
+
+@dataclass
+class Session:
+    """What the parts of `train` share: the run's fixed setup and its position."""
+
+    cfg: RunConfig
+    run_dir: RunDir
+    device: torch.device
+    rank: int
+    world: int
+    engine: deepspeed.DeepSpeedEngine
+    loader: ShardLoader
+    report: AttachReport | None            # the attached adapter (stage 2), None in stage 1
+    total: int                             # optimizer steps of the whole run
+    config_hash: str
+    log: MetricsLogger
+    dominance_every: int                   # 0: the adapter has no A to probe, or no probing asked for
+    step: int = 0
+    bad_in_row: int = 0
+    dropped: int = 0
+
+    def save(self) -> None:
+        """A complete checkpoint at the current step (every rank)."""
+        save_checkpoint(self.engine, self.run_dir, self.step, {"data": self.loader.state_dict()},
+                        self.cfg.adapter if self.report else None, self.cfg.train.keep_last, self.config_hash)
+
+
 def train(cfg: RunConfig, start_from: Path | None = None, task: int = 0) -> Path:
-    """Run one stage; returns the run directory (see the README for its layout). `start_from` and `task`: see
+    """Run one stage; returns the run directory (`pipeline.rundir` describes it). `start_from` and `task`: see
     `pipeline.train.stages.build_model` (continual sequences)."""
-    run_dir = Path(cfg.output_dir)
-    if cfg.stage == 2:
-        check_stage1_run(cfg.stage1_run)
-    device = pick_device(cfg)
-    init_distributed(device)
-    rank, world = dist.get_rank(), dist.get_world_size()
-    ds_config = resolve_ds_config(cfg, world)
-    torch.manual_seed(cfg.seed)
+    session = prepare(cfg, start_from, task)
+    run_steps(session)
+    finish(session)
+    return session.run_dir.root
 
-    model, report = build_model(cfg, start_from, task)
-    model.to(device)
-    processor = model.build_processor()
-    loader = ShardLoader(cfg.data, processor, rank=rank, world_size=world, missing=cfg.missing)
-    gas = cfg.optim.gradient_accumulation_steps
-    per_epoch = loader.steps_per_epoch // gas
-    if per_epoch < 1:
-        raise ValueError(f"data: {loader.steps_per_epoch} micro-batches per rank per epoch are fewer than "
-                         f"optim.gradient_accumulation_steps={gas}; add data or lower the batch settings")
-    total = per_epoch * cfg.train.epochs
-    total = min(total, cfg.max_steps) if cfg.max_steps else total
 
+# ---- 1. prepare: model, data, engine, resume ---------------------------------------------------------------------
+
+
+def _engine(cfg: RunConfig, model: torch.nn.Module, ds_config: dict, total: int) -> deepspeed.DeepSpeedEngine:
+    """The DeepSpeed engine with AdamW and the warmup-cosine schedule over `total` steps."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     optim_kwargs = dict(lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
                         weight_decay=cfg.optim.weight_decay)
@@ -125,12 +156,41 @@ def train(cfg: RunConfig, start_from: Path | None = None, task: int = 0) -> Path
     engine, _, _, _ = deepspeed.initialize(
         model=model, model_parameters=trainable, optimizer=optimizer, config=ds_config,
         lr_scheduler=lambda opt: get_cosine_schedule_with_warmup(opt, warmup, total))
+    return engine
+
+
+def _total_steps(cfg: RunConfig, loader: ShardLoader) -> int:
+    gas = cfg.optim.gradient_accumulation_steps
+    per_epoch = loader.steps_per_epoch // gas
+    if per_epoch < 1:
+        raise ValueError(f"data: {loader.steps_per_epoch} micro-batches per rank per epoch are fewer than "
+                         f"optim.gradient_accumulation_steps={gas}; add data or lower the batch settings")
+    total = per_epoch * cfg.train.epochs
+    return min(total, cfg.max_steps) if cfg.max_steps else total
+
+
+def prepare(cfg: RunConfig, start_from: Path | None, task: int) -> Session:
+    """Process group, model of the stage, streaming loader, engine, run directory, resume point and logger."""
+    run_dir = RunDir(cfg.output_dir)
+    if cfg.stage == 2:
+        check_stage1_run(cfg.stage1_run)
+    device = pick_device(cfg)
+    init_distributed(device)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    ds_config = resolve_ds_config(cfg, world)
+    torch.manual_seed(cfg.seed)
+
+    model, report = build_model(cfg, start_from, task)
+    model.to(device)
+    loader = ShardLoader(cfg.data, model.build_processor(), rank=rank, world_size=world, missing=cfg.missing)
+    total = _total_steps(cfg, loader)
+    engine = _engine(cfg, model, ds_config, total)
 
     chash = config_hash(cfg)
     if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
-        (run_dir / "ds_config.json").write_text(json.dumps(ds_config, indent=2))
+        run_dir.root.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir.config)
+        run_dir.ds_config.write_text(json.dumps(ds_config, indent=2))
     step = 0
     resume = _resume_point(cfg, run_dir)
     if resume is not None:
@@ -142,77 +202,95 @@ def train(cfg: RunConfig, start_from: Path | None = None, task: int = 0) -> Path
         log.note(f"adapter {report}")
     if resume is not None:
         log.note(f"resumed from {resume} at step {step}")
-
-    def checkpoint() -> None:
-        save_checkpoint(engine, run_dir, step, {"data": loader.state_dict()}, cfg.adapter if report else None,
-                        cfg.train.keep_last, chash)
-
     # the Non-Text Dominance Rate is defined for LoRA-family adapters (A matrices); other adapters log none
-    dominance_every = cfg.train.dominance_every if report is not None and any(
-        isinstance(layer, LowRankLinear) for layer in adapter_layers(engine.module).values()) else 0
-    engine.train()
-    bad_in_row, dropped = 0, 0
-    window_loss, window_tokens, window_micro, window_rate = 0.0, 0, 0, None
-    tick = time.time()
-    while step < total:
-        for batch in loader:
-            batch = _to_device(batch, device)
-            probing = dominance_every and window_micro == 0 and (step + 1) % dominance_every == 0
-            with DominanceProbe(engine.module) if probing else nullcontext() as probe:
-                loss = engine(**batch).loss
-                finite = _all_sum([float(torch.isfinite(loss))], device)[0] == world
-                if finite:  # auxiliary adapter losses (LoRAMoE's balance loss) train the adapters, not the report
-                    engine.backward(loss + aux_loss(engine.module))
-            if not finite:
-                bad_in_row += 1
-                dropped += 1
-                log.note(f"step {step + 1}: non-finite loss on some rank, micro-batch dropped ({bad_in_row} in a row)")
-                if bad_in_row >= cfg.train.max_bad_steps:
-                    checkpoint()
-                    raise TrainingStopped(f"{bad_in_row} consecutive non-finite losses at step {step}; checkpoint "
-                                          f"saved in {run_dir / 'checkpoints'}; lower optim.lr or check the data")
+    lora_family = report is not None and any(type(m).lora_family for m in adapter_layers(engine.module).values())
+    return Session(cfg=cfg, run_dir=run_dir, device=device, rank=rank, world=world, engine=engine, loader=loader,
+                   report=report, total=total, config_hash=chash, log=log, step=step,
+                   dominance_every=cfg.train.dominance_every if lora_family else 0)
+
+
+# ---- 2. run steps: micro-batches, accumulation windows, logs and periodic checkpoints -----------------------------
+
+
+def run_steps(s: Session) -> None:
+    """Optimizer steps until `s.total`, epoch after epoch."""
+    gas = s.cfg.optim.gradient_accumulation_steps
+    window = Window()
+    while s.step < s.total:
+        for batch in s.loader:
+            if not micro_step(s, _to_device(batch, s.device), window):
                 continue
-            bad_in_row = 0
-            engine.step()
-            window_loss += loss.item()
-            window_tokens += int(batch["attention_mask"].sum())
-            window_micro += 1
-            if probe is not None:
-                window_rate = _all_sum([probe.result().rate], device)[0] / world
-            if window_micro < gas:
+            if window.micro < gas:
                 continue
-            step += 1
-            loss_sum, tokens, skipped = _all_sum([window_loss, window_tokens, sum(loader.skipped.values())], device)
-            if step % cfg.train.log_every == 0 or step == total:
-                elapsed = max(time.time() - tick, 1e-9)
-                metrics = {"step": step, "loss": loss_sum / (gas * world), "lr": engine.get_lr()[0],
-                           "samples_per_s": cfg.data.micro_batch_size * gas * world / elapsed,
-                           "tokens_per_s": tokens / elapsed, "epoch": loader.epoch,
-                           "skipped_samples": int(skipped), "dropped_nonfinite": dropped}
-                if window_rate is not None:
-                    metrics["nontext_dominance"] = window_rate
-                log.log(metrics)
-            window_loss, window_tokens, window_micro, window_rate = 0.0, 0, 0, None
-            tick = time.time()
-            if cfg.train.save_every and step % cfg.train.save_every == 0 and step < total:
-                checkpoint()
-            if step >= total:
+            end_step(s, window)
+            window = Window()
+            if s.step >= s.total:
                 break
 
-    checkpoint()
-    write_trainables(engine.module, cfg.adapter if report else None, run_dir / "final")
-    gathered = [None] * world
-    dist.all_gather_object(gathered, (dict(loader.skipped), loader.bad_shards, dict(loader.missing)))
+
+def micro_step(s: Session, batch: dict, window: Window) -> bool:
+    """Forward and backward of one micro-batch into `window`; False when a non-finite loss dropped it everywhere."""
+    engine = s.engine
+    probing = s.dominance_every and window.micro == 0 and (s.step + 1) % s.dominance_every == 0
+    with DominanceProbe(engine.module) if probing else nullcontext() as probe:
+        loss = engine(**batch).loss
+        finite = _all_sum([float(torch.isfinite(loss))], s.device)[0] == s.world
+        if finite:  # auxiliary adapter losses (LoRAMoE's balance loss) train the adapters, not the report
+            engine.backward(loss + aux_loss(engine.module))
+    if not finite:
+        s.bad_in_row += 1
+        s.dropped += 1
+        s.log.note(f"step {s.step + 1}: non-finite loss on some rank, micro-batch dropped ({s.bad_in_row} in a row)")
+        if s.bad_in_row >= s.cfg.train.max_bad_steps:
+            s.save()
+            raise TrainingStopped(f"{s.bad_in_row} consecutive non-finite losses at step {s.step}; checkpoint "
+                                  f"saved in {s.run_dir.checkpoints}; lower optim.lr or check the data")
+        return False
+    s.bad_in_row = 0
+    engine.step()  # DeepSpeed steps the optimizer only at the window's last micro-batch
+    window.loss += loss.item()
+    window.tokens += int(batch["attention_mask"].sum())
+    window.micro += 1
+    if probe is not None:
+        window.dominance = _all_sum([probe.result().rate], s.device)[0] / s.world
+    return True
+
+
+def end_step(s: Session, window: Window) -> None:
+    """Count the optimizer step the window completed; log it and take a periodic checkpoint."""
+    cfg = s.cfg
+    s.step += 1
+    loss_sum, tokens, skipped = _all_sum([window.loss, window.tokens, sum(s.loader.skipped.values())], s.device)
+    if s.step % cfg.train.log_every == 0 or s.step == s.total:
+        gas = cfg.optim.gradient_accumulation_steps
+        elapsed = max(time.time() - window.started, 1e-9)
+        metrics = {"step": s.step, "loss": loss_sum / (gas * s.world), "lr": s.engine.get_lr()[0],
+                   "samples_per_s": cfg.data.micro_batch_size * gas * s.world / elapsed,
+                   "tokens_per_s": tokens / elapsed, "epoch": s.loader.epoch,
+                   "skipped_samples": int(skipped), "dropped_nonfinite": s.dropped}
+        if window.dominance is not None:
+            metrics["nontext_dominance"] = window.dominance
+        s.log.log(metrics)
+    if cfg.train.save_every and s.step % cfg.train.save_every == 0 and s.step < s.total:
+        s.save()
+
+
+# ---- 3. finish: last checkpoint, export, data report ---------------------------------------------------------------
+
+
+def finish(s: Session) -> None:
+    s.save()
+    write_trainables(s.engine.module, s.cfg.adapter if s.report else None, s.run_dir.final)
+    gathered: list = [None] * s.world
+    dist.all_gather_object(gathered, (dict(s.loader.skipped), s.loader.bad_shards, dict(s.loader.missing)))
     skipped = sum((Counter(part[0]) for part in gathered), Counter())
     missing = sum((Counter(part[2]) for part in gathered), Counter())
-    if rank == 0:
+    if s.rank == 0:
         bad_shards = sorted({shard for part in gathered for shard in part[1]})
         data_report = {"skipped": dict(skipped), "bad_shards": bad_shards, "missing_modality": dict(missing)}
-        (run_dir / "data_report.json").write_text(json.dumps(data_report, indent=2))
-        log.note(f"skipped samples: {dict(skipped) or 'none'}")
-        if cfg.missing.rate > 0:
-            log.note(f"samples trained without a modality ({cfg.missing.fill}): {dict(missing) or 'none'}")
-    log.close()
+        s.run_dir.data_report.write_text(json.dumps(data_report, indent=2))
+        s.log.note(f"skipped samples: {dict(skipped) or 'none'}")
+        if s.cfg.missing.rate > 0:
+            s.log.note(f"samples trained without a modality ({s.cfg.missing.fill}): {dict(missing) or 'none'}")
+    s.log.close()
     dist.barrier()
-    return run_dir
-

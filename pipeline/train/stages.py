@@ -10,12 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from safetensors import safe_open
-
-from pipeline.adapters import AttachReport, attach, mark_trainable
-from pipeline.adapters.delo import start_task
+from pipeline.adapters import AttachReport, attach, mark_trainable, start_task
 from pipeline.model.avllm import AVLLM
-from pipeline.train.checkpoint import TRAINABLES, load_trainables
+from pipeline.rundir import TRAINABLES, RunDir, export_has, load_trainables
 from pipeline.train.config import RunConfig
 
 
@@ -23,12 +20,11 @@ def check_stage1_run(stage1_run: Path | None) -> None:
     """Fail early, in one line, when stage 2 has no stage-1 run or the run has no projector weights."""
     if stage1_run is None:
         raise ValueError("stage1_run: stage 2 starts from a stage-1 run directory; set stage1_run=DIR")
-    path = Path(stage1_run) / "final" / TRAINABLES
-    if not path.is_file():
+    run = RunDir(stage1_run)
+    if not run.finished():
         raise ValueError(f"stage1_run: {stage1_run} has no final/{TRAINABLES} (is it a finished stage-1 run?)")
-    with safe_open(str(path), framework="pt") as f:
-        if not any(k.startswith("projectors.") for k in f.keys()):
-            raise ValueError(f"stage1_run: {path} holds no projector weights (projectors.*)")
+    if not export_has(run.final, "projectors."):
+        raise ValueError(f"stage1_run: {run.final / TRAINABLES} holds no projector weights (projectors.*)")
 
 
 def build_model(cfg: RunConfig, start_from: Path | None = None, task: int = 0) -> tuple[AVLLM, AttachReport | None]:
@@ -39,12 +35,12 @@ def build_model(cfg: RunConfig, start_from: Path | None = None, task: int = 0) -
     if cfg.stage == 1:
         mark_trainable(model, ["projectors.*"])
     else:
-        load_trainables(model, Path(cfg.stage1_run) / "final", prefixes=("projectors.",))
+        load_trainables(model, RunDir(cfg.stage1_run).final, prefixes=("projectors.",))
         report = attach(model, cfg.adapter)
         if start_from is not None:
-            load_trainables(model, Path(start_from) / "final")
+            load_trainables(model, RunDir(start_from).final)
         mark_trainable(model, ["projectors.*"] if cfg.train.train_projectors else [])
-        start_task(model, task)  # DeLo trains task `task`'s pools only; other adapters have no task slots
+        start_task(model, task)  # methods with task slots (DeLo) train task `task`'s share only
     if cfg.train.gradient_checkpointing:
         model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model, report

@@ -24,7 +24,7 @@ from pipeline.adapters import (  # noqa: E402
     aux_loss,  # noqa: E402
     mark_trainable,
 )
-from pipeline.adapters.delo import start_task  # noqa: E402
+from pipeline.adapters import start_task  # noqa: E402
 from pipeline.modality import ModalityContext  # noqa: E402
 from pipeline.train.loop import close_distributed, init_distributed  # noqa: E402
 

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from adapter_helpers import VOCAB, modality_ids, randomize_adapters, run_two_ranks, tiny_llama
 from torch import nn
 
+from pipeline.adapters.io import load_model
 from pipeline.adapters import (
     AdapterConfig,
     adapter_layers,
@@ -18,13 +19,14 @@ from pipeline.adapters import (
     aux_loss,
     mark_trainable,
 )
-from pipeline.adapters.delo import DeLoLinear, proxy_queries, start_task
+from pipeline.adapters import start_task
+from pipeline.adapters.delo import DeLoLinear, proxy_queries
 from pipeline.adapters.io import load_adapter, save_adapter
 from pipeline.config import save_config
 from pipeline.merge import MergeError, merge_run
 from pipeline.model.avllm import AVLLM
 from pipeline.modality import Modality, ModalityContext
-from pipeline.train.checkpoint import gather_trainables, write_trainables
+from pipeline.rundir import gather_trainables, write_trainables
 from pipeline.train.config import RunConfig
 from tests.model.conftest import mixed_samples
 
@@ -278,7 +280,7 @@ def test_run_export_reloads_with_keep_adapters(tmp_path, tiny_model_config):
                 tmp_path / "run/config.yaml")
     with pytest.raises(MergeError, match="cannot be merged"):
         merge_run(tmp_path / "run", tmp_path / "merged")
-    loaded = AVLLM.from_pretrained(merge_run(tmp_path / "run", tmp_path / "kept", keep_adapters=True)).eval()
+    loaded = load_model(merge_run(tmp_path / "run", tmp_path / "kept", keep_adapters=True)).eval()
     model.eval()
     with torch.no_grad():
         expected = model(**model.build_processor()(mixed_samples())).logits

@@ -9,7 +9,7 @@ from adapter_helpers import VOCAB, modality_ids, randomize_adapters, tiny_llama
 from torch import nn
 
 from pipeline.adapters import AdapterConfig, adapter_layers, attach
-from pipeline.adapters.imod import maac_grad, partition_counts, row_weights
+from pipeline.adapters.imod import IMoDOptions, maac_grad, partition_counts, row_weights
 from pipeline.modality import Modality, ModalityContext
 
 OPTS = {"shared_ratio0": 0.1, "depth_alpha": 0.4, "text_share": 0.3}
@@ -30,7 +30,7 @@ def test_masks_partition_a_and_follow_the_depth_formula():
         counts = [int(m.sum()) for m in masks]
         assert counts[2] == round(n * r_s)
         assert counts[0] == round((n - counts[2]) * 0.3)
-        assert counts == list(partition_counts(n, l, num, {**OPTS}))
+        assert counts == list(partition_counts(n, l, num, IMoDOptions(**OPTS)))
         rows_with_all = sum(all(bool(m[i].any()) for m in masks) for i in range(ids.shape[0]))
         assert rows_with_all == ids.shape[0]  # interleaved, not blocks of rows
 

@@ -11,10 +11,10 @@ import torch
 from adapter_helpers import VOCAB, modality_ids, randomize_adapters, tiny_llama
 from torch import nn
 
+from pipeline.adapters.io import load_model
 from pipeline.adapters import ADAPTERS, AdapterConfig, adapter_layers, attach, aux_loss, merge
 from pipeline.adapters.io import load_adapter, save_adapter
 from pipeline.merge import MergeError, merge_run
-from pipeline.model.avllm import AVLLM
 from pipeline.modality import Modality, ModalityContext
 from tests.merge.conftest import make_run
 from tests.model.conftest import mixed_samples
@@ -263,7 +263,7 @@ def test_launch_merge_refuses_and_keep_adapters_ships_the_unmerged_model(name, t
                                                                                          scope=["llm"]))
     with pytest.raises(MergeError, match="cannot be merged.*--keep-adapters"):
         merge_run(run, tmp_path / "out")
-    loaded = AVLLM.from_pretrained(merge_run(run, tmp_path / "out", keep_adapters=True)).eval()
+    loaded = load_model(merge_run(run, tmp_path / "out", keep_adapters=True)).eval()
     batch = trained.build_processor()(mixed_samples())
     assert batch["question_mask"].any()
     with torch.no_grad():

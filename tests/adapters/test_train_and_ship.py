@@ -18,11 +18,12 @@ import torch
 from adapter_helpers import run_two_ranks
 from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
+from pipeline.adapters.io import load_model
 from pipeline.adapters import AdapterLinear, adapter_parameters
 from pipeline.config import load_config
 from pipeline.merge import merge_run
 from pipeline.model.avllm import AVLLM
-from pipeline.train.checkpoint import complete_checkpoints
+from pipeline.rundir import RunDir
 from pipeline.train.config import RunConfig
 from pipeline.train.stages import build_model
 from tests.model.conftest import mixed_samples
@@ -71,7 +72,7 @@ def trained_model(cfg: RunConfig, run: Path) -> tuple[AVLLM, AVLLM]:
     """(the model the run started from, the model in its last DeepSpeed checkpoint), in eval mode."""
     torch.manual_seed(cfg.seed)  # as train() seeds before build_model: the same adapter init
     start, _ = build_model(cfg)
-    last = complete_checkpoints(run)[-1]
+    last = RunDir(run).complete_checkpoints()[-1]
     state = get_fp32_state_dict_from_zero_checkpoint(str(last.parent), tag=last.name, exclude_frozen_parameters=True)
     assert adapter_parameters(start).keys() <= state.keys()
     trained = copy.deepcopy(start)
@@ -99,7 +100,7 @@ def test_trained_by_the_loop_and_shipped_checkpoint_reproduces_it(plan, name, ze
         twin = [row["loss"] for row in metrics(run.with_name(f"{name}-zero2"))]
         assert losses == pytest.approx(twin, rel=1e-4)  # partitioning every tensor changes nothing
 
-    shipped = AVLLM.from_pretrained(merge_run(run, tmp_path / "out", keep_adapters=name not in MERGED)).eval()
+    shipped = load_model(merge_run(run, tmp_path / "out", keep_adapters=name not in MERGED)).eval()
     assert any(isinstance(m, AdapterLinear) for m in shipped.modules()) == (name not in MERGED)
     batch = trained.build_processor()(mixed_samples())
     with torch.no_grad():

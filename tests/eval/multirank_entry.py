@@ -13,7 +13,7 @@ import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from launch.eval import main  # noqa: E402
+from pipeline.eval.runner import main  # noqa: E402
 
 if __name__ == "__main__":
     dist.init_process_group("gloo")

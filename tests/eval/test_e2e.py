@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from launch.eval import main
+from pipeline.eval.runner import main
 from tests.eval.conftest import REPO
 
 BENCHES = ("mmbench", "pope", "music_avqa", "ave", "mme")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from launch.eval import main
+from pipeline.eval.runner import main
 from pipeline.data.missing import MissingConfig, lost_modality
 from pipeline.eval import music_avqa
 from pipeline.eval.bench import CONDITIONS

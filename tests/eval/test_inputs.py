@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from launch.eval import main
+from pipeline.eval.runner import main
 from pipeline.eval import mme, music_avqa, pope
 from pipeline.eval.bench import CONDITIONS
 from pipeline.eval.generate import build_sample, rank_batches

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from launch import compare
-from pipeline.compare import Cell, aggregate, markdown
+from pipeline.compare import runner as compare
+from pipeline.compare.table import Cell, aggregate, markdown
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,7 @@ import torch
 from pipeline.adapters import AdapterConfig, attach, mark_trainable
 from pipeline.config import save_config
 from pipeline.model.avllm import AVLLM
-from pipeline.train.checkpoint import write_trainables
+from pipeline.rundir import write_trainables
 from pipeline.train.config import RunConfig
 
 

@@ -15,8 +15,9 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from pipeline.adapters.io import load_model
 from pipeline.adapters import ADAPTERS, AdapterConfig, AdapterLinear, adapter_layers
-from pipeline.merge import PAUSE_ENV, MergeError, merge_run
+from pipeline.merge import MergeError, merge_run
 from pipeline.model.avllm import AVLLM
 from pipeline.model.processor import PLACEHOLDERS, AVSample
 from tests.merge.conftest import make_run
@@ -106,7 +107,7 @@ def test_keep_adapters_round_trip_gives_the_unmerged_logits(tmp_path, lora_run):
     run, trained = lora_run
     out = merge_run(run, tmp_path / "out", keep_adapters=True)
     assert json.loads((out / "merge.json").read_text())["merged"] is False
-    loaded = AVLLM.from_pretrained(out).eval()
+    loaded = load_model(out).eval()
     assert not plain(loaded)
     torch.testing.assert_close(logits(loaded, mixed_samples()), logits(trained, mixed_samples()), rtol=0, atol=1e-5)
 
@@ -118,7 +119,7 @@ def test_non_mergeable_adapter_is_refused_and_kept_with_keep_adapters(tmp_path, 
     with pytest.raises(MergeError, match="cannot be merged.*--keep-adapters"):
         merge_run(run, tmp_path / "out")
     assert not (tmp_path / "out").exists() and not (tmp_path / ".out.partial").exists()
-    loaded = AVLLM.from_pretrained(merge_run(run, tmp_path / "out", keep_adapters=True)).eval()
+    loaded = load_model(merge_run(run, tmp_path / "out", keep_adapters=True)).eval()
     assert all(type(m) is ADAPTERS[name] for m in loaded.modules() if isinstance(m, AdapterLinear))
     torch.testing.assert_close(logits(loaded, mixed_samples()), logits(trained, mixed_samples()), rtol=0, atol=1e-5)
 
@@ -169,11 +170,15 @@ def test_bad_run_dir_and_existing_out_are_one_line_errors(tmp_path, lora_run):
 
 
 def test_sigkill_midway_leaves_no_out_dir(tmp_path, lora_run):
-    """Killed at the test hook's pause (everything written, before the rename): OUT must not exist; the next merge
-    clears the partial directory and succeeds."""
+    """Killed after everything is written, before the rename (the manifest writer is patched to pause there): OUT
+    must not exist; the next merge clears the partial directory and succeeds."""
     run, _ = lora_run
     out = tmp_path / "out"
-    proc = subprocess.Popen(merge_cmd("--run", run, "--out", out), env=cli_env(**{PAUSE_ENV: "120"}),
+    paused = ("import sys, time\nimport pipeline.merge as m\nwrite = m.write_manifest\n"
+              "def pause(*args, **kwargs):\n    write(*args, **kwargs)\n"
+              "    print('paused before rename', file=sys.stderr, flush=True)\n    time.sleep(120)\n"
+              "m.write_manifest = pause\nm.merge_run(sys.argv[1], sys.argv[2])\n")
+    proc = subprocess.Popen([sys.executable, "-c", paused, str(run), str(out)], env=cli_env(),
                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     try:
         for line in proc.stderr:

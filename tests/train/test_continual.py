@@ -111,7 +111,7 @@ def test_bad_continual_settings_fail_before_training(train_data, stage1_run, ben
 
 
 def test_average_accuracy_and_forgetting_follow_the_standard_definitions():
-    from pipeline.train.continual import summarize
+    from pipeline.continual import summarize
 
     a = [[0.8, None, None], [0.6, 0.7, None], [0.7, 0.4, 0.9]]
     s = summarize(a)

@@ -13,7 +13,7 @@ from pipeline.adapters import attach
 from pipeline.config import load_config
 from pipeline.model.avllm import AVLLM
 from pipeline.model.processor import AVSample
-from pipeline.train.checkpoint import complete_checkpoints, load_trainables
+from pipeline.rundir import RunDir, load_trainables
 from pipeline.train.config import RunConfig
 from pipeline.train.stages import build_model
 from tests.train.conftest import REPO, common_overrides, metrics, run_train
@@ -40,7 +40,7 @@ def test_stage1_trains_projectors_and_writes_a_self_describing_run(stage1_run):
     assert rows[-1]["loss"] < rows[0]["loss"]
     saved = load_file(stage1_run / "final/trainables.safetensors")
     assert saved and all(k.startswith("projectors.") for k in saved)
-    assert complete_checkpoints(stage1_run)[-1].name == "step-8"
+    assert RunDir(stage1_run).complete_checkpoints()[-1].name == "step-8"
 
 
 @pytest.mark.parametrize("adapter, zero", [("lora", "zero2"), ("lora", "zero3"), ("imod", "zero2"), ("imod", "zero3")])
@@ -69,7 +69,7 @@ def test_stage2_starts_from_stage1_projectors_and_exports_what_it_trained(stage1
     load_trainables(fresh, run / "final")
     reference = AVLLM.from_config(cfg.model).eval()
     attach(reference, dataclasses.replace(cfg.adapter))
-    last = complete_checkpoints(run)[-1]
+    last = RunDir(run).complete_checkpoints()[-1]
     consolidated = get_fp32_state_dict_from_zero_checkpoint(str(last.parent), tag=last.name,
                                                            exclude_frozen_parameters=True)
     missing = reference.load_state_dict(consolidated, strict=False)

@@ -1,6 +1,6 @@
 """Tiny random-init components on disk, loaded by tests and the demo through the code a real checkpoint takes.
 
-    python -m pipeline.model.tiny --out DIR [--llm llama|qwen2|qwen3]
+    python -m pipeline.testing.tiny --out DIR [--llm llama|qwen2|qwen3]
 
 writes DIR/vision (CLIPVisionModel + image processor), DIR/audio (a full Whisper encoder-decoder checkpoint + feature
 extractor, as a user's would be), DIR/llm (causal LM + a byte-level BPE tokenizer trained on a built-in corpus, with
@@ -19,8 +19,7 @@ from transformers import (AutoConfig, AutoModelForCausalLM, CLIPImageProcessor, 
                           PreTrainedTokenizerFast, WhisperConfig, WhisperFeatureExtractor,
                           WhisperForConditionalGeneration)
 
-from data_prep.ave import QUESTION as AVE_QUESTION
-from data_prep.synthetic import AVE_EVENTS
+from pipeline.testing.pretrain import pretrain_llm
 
 LLAMA2_TEMPLATE = (
     "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}"
@@ -92,57 +91,6 @@ def build_llm(family: str, tokenizer: PreTrainedTokenizerFast, hidden: int = 64,
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model
-
-
-# Short chat-formatted questions with their possible answers: what the tiny LLM "knows" before any multimodal
-# training, as a real LLM knows language. It learns the chat format and which answers fit which question, never
-# the right one (answers are drawn at random), so whatever a model gains over the per-question prior comes from
-# the media.
-PRETRAIN_QA = [
-    ("How many beeps are heard in the video?", ["one", "two", "three", "four"]),
-    ("How many beeps are there?", ["one", "two", "three", "four"]),
-    ("What colour is the shape on the {side}?", ["red", "green", "blue", "yellow"]),
-    ("What colour is the shape?", ["red", "green", "blue", "yellow"]),
-    ("Do the beeps sound {order} the shape appears?", ["yes", "no"]),
-    ("Is the {sound} louder than the {other}?", ["yes", "no"]),
-    ("Is there a {shape} in the image?", ["yes", "no"]),
-    ("Describe the video briefly.", ["A {colour} square moving on the {side}."]),
-    ("Describe the audio.", ["{count} {pitch}-pitched beeps."]),
-    (AVE_QUESTION, ["{event}, from second {start} to second {end}."]),
-]
-FILLERS = {"side": ["left", "right"], "order": ["before", "after"], "sound": ["hum", "beeps"], "other": ["beeps", "hum"],
-           "shape": ["square", "circle", "triangle", "star"], "colour": ["red", "green", "blue", "yellow"],
-           "count": ["One", "Two", "Three", "Four"], "pitch": ["high", "low"], "event": list(AVE_EVENTS),
-           "start": [str(s) for s in range(7)], "end": [str(s) for s in range(2, 11)]}
-
-
-def pretrain_llm(model, tokenizer, steps: int, seed: int = 0, batch: int = 32, lr: float = 3e-3) -> float:
-    """A few hundred language-modelling steps on chat-formatted PRETRAIN_QA conversations; returns the last loss."""
-    rng = torch.Generator().manual_seed(seed)
-
-    def pick(options: list[str]) -> str:
-        return options[int(torch.randint(len(options), (1,), generator=rng))]
-
-    def conversation() -> str:
-        question, answers = PRETRAIN_QA[int(torch.randint(len(PRETRAIN_QA), (1,), generator=rng))]
-        fill = {k: pick(v) for k, v in FILLERS.items()}
-        messages = [{"role": "user", "content": question.format(**fill)},
-                    {"role": "assistant", "content": pick(answers).format(**fill)}]
-        return tokenizer.apply_chat_template(messages, tokenize=False)
-
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
-    model.train()
-    loss = torch.tensor(float("nan"))
-    for _ in range(steps):
-        enc = tokenizer([conversation() for _ in range(batch)], add_special_tokens=False, padding=True,
-                        return_tensors="pt")
-        labels = enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
-        loss = model(**enc, labels=labels).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    model.eval()
-    return float(loss)
 
 
 def write_tiny(out: str | Path, llm: str = "llama", seed: int = 0, image_size: int = 64,

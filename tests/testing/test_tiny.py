@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_cli_writes_components_stock_transformers_loads(tmp_path):
     out = tmp_path / "tiny"
-    subprocess.run([sys.executable, "-m", "pipeline.model.tiny", "--out", str(out), "--llm", "qwen2"],
+    subprocess.run([sys.executable, "-m", "pipeline.testing.tiny", "--out", str(out), "--llm", "qwen2"],
                    check=True, cwd=REPO, capture_output=True, timeout=120)
     model_cfg = yaml.safe_load((out / "model.yaml").read_text())["model"]
     assert Path(model_cfg["llm"]) == out / "llm"

@@ -3,8 +3,9 @@ task seen so far, giving the accuracy matrix, average accuracy and average forge
 
 Every task is a stage-2 run of the same recipe on its own shards. The first starts from the stage-1 projectors and a
 fresh adapter; task i > 0 starts from task i-1's final trainables (adapter and projectors): sequential fine-tuning
-for single-adapter methods, and for DeLo task i's own pools trained while the earlier tasks' pools stay frozen
-(`pipeline.adapters.delo.start_task`; `adapter.options.tasks` defaults to the number of tasks). After task i,
+for single-adapter methods, and for methods with task slots (DeLo) task i's own share trained while the earlier
+tasks' stay frozen (`pipeline.adapters.start_task`; the method's `for_tasks` sizes its slots, DeLo's
+`adapter.options.tasks` defaulting to the number of tasks). After task i,
 its run is shipped as `merge_run` ships any run (merged, or with the adapter kept when the method is not mergeable)
 and each task j <= i is evaluated on its eval set, without telling the model which task it is.
 
@@ -34,14 +35,15 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from pipeline.adapters import ADAPTERS
+from pipeline.adapters.io import load_model
 from pipeline.config import save_config
+from pipeline.data.plan import resolve_all
 from pipeline.eval import BENCHMARKS
 from pipeline.eval.generate import generate
 from pipeline.eval.report import prediction_lines, score_conditions, write
 from pipeline.merge import merge_run
 from pipeline.model.avllm import AVLLM
-from pipeline.train.checkpoint import TRAINABLES
+from pipeline.rundir import RunDir
 from pipeline.train.config import ContinualConfig, RunConfig, TaskConfig
 from pipeline.train.loop import init_distributed, pick_device, train
 
@@ -50,11 +52,9 @@ ACCURACY_BENCHMARKS = tuple(name for name in sorted(BENCHMARKS) if name != "mme"
 
 
 def task_config(cfg: RunConfig, index: int) -> RunConfig:
-    """Task `index`'s run: the recipe with the task's shards, in its own directory, without the sequence. DeLo gets
-    one pool set per task unless `adapter.options.tasks` says otherwise."""
-    task, adapter = cfg.continual.tasks[index], cfg.adapter
-    if adapter.name == "delo" and "tasks" not in adapter.options:
-        adapter = dataclasses.replace(adapter, options={**adapter.options, "tasks": len(cfg.continual.tasks)})
+    """Task `index`'s run: the recipe with the task's shards, in its own directory, without the sequence, and the
+    adapter sized for the sequence (`AdapterConfig.for_tasks`)."""
+    task, adapter = cfg.continual.tasks[index], cfg.adapter.for_tasks(len(cfg.continual.tasks))
     return dataclasses.replace(cfg, output_dir=str(Path(cfg.output_dir) / f"task{index}-{task.name}"),
                                data=dataclasses.replace(cfg.data, sources=task.sources), adapter=adapter,
                                continual=ContinualConfig())
@@ -62,8 +62,6 @@ def task_config(cfg: RunConfig, index: int) -> RunConfig:
 
 def check_tasks(cfg: RunConfig) -> None:
     """Every task's shards and eval set exist and read (raises ValueError naming the file), before any training."""
-    from pipeline.data.plan import resolve_all
-
     for task in cfg.continual.tasks:
         resolve_all(dataclasses.replace(cfg.data, sources=task.sources))
         if task.eval.bench not in ACCURACY_BENCHMARKS:
@@ -142,13 +140,13 @@ def run_continual(cfg: RunConfig) -> Path:
     if rank == 0:
         root.mkdir(parents=True, exist_ok=True)
         save_config(cfg, root / "config.yaml")
-    keep = not ADAPTERS[cfg.adapter.name].mergeable
+    keep = not cfg.adapter.method.mergeable
     matrix: list[list[float | None]] = []
     previous = None
     for i in range(len(tasks)):
         task_cfg = task_config(cfg, i)
         run_dir = Path(task_cfg.output_dir)
-        if not (run_dir / "final" / TRAINABLES).is_file():
+        if not RunDir(run_dir).finished():
             train(task_cfg, start_from=previous, task=i)
             gc.collect()  # the finished engine sits in reference cycles: free its memory before the next model loads
             if device.type == "cuda":
@@ -162,7 +160,7 @@ def run_continual(cfg: RunConfig) -> Path:
         for j in range(i + 1):
             out = root / "eval" / f"after{i}" / tasks[j].name
             if not (out / "metrics.json").is_file():
-                model = model or AVLLM.from_pretrained(shipped).eval().to(device)
+                model = model or load_model(shipped).eval().to(device)
                 evaluate(model, tasks[j], cfg.continual, out, rank, world)
                 dist.barrier()
             row[j] = read_headline(tasks[j], out)
