@@ -1,7 +1,8 @@
 """AVE (Audio-Visual Event localisation): `Annotations.txt` + split files to Records.
 
-Raw layout under `root`: `Annotations.txt` and `trainSet.txt` / `valSet.txt` / `testSet.txt`, lines in the format of
-`pipeline.formats.ave`; videos `AVE/<VideoID>.mp4` (10 s; the audio is the video's soundtrack). The target names the event and its time range in whole seconds.
+Raw layout under `root`: `Annotations.txt` and `trainSet.txt` / `valSet.txt` / `testSet.txt`, lines in the format
+of `pipeline.formats.ave`; videos `AVE/<VideoID>.mp4` (10 s; the audio is the video's soundtrack). The target names
+the event and its time range in whole seconds.
 """
 
 from __future__ import annotations

@@ -50,6 +50,5 @@ def records(root: Path, split: str) -> Iterator[Record | Skip]:
             video=root / "videos" / f"{video_id}.mp4",
             audio=audio if audio.exists() else None,
             audio_from_video=not audio.exists(),
-            meta={"video_id": video_id, "question_id": qid, "type": qtype, "answer": answer,
-                  "question": question},
+            meta={"video_id": video_id, "question_id": qid, "type": qtype, "answer": answer, "question": question},
         )

@@ -25,7 +25,6 @@ from PIL import Image
 from pipeline.media import SAMPLE_RATE, MissingAudio, check_video, decode_audio, decode_video, soundtrack_wav
 
 
-
 @dataclass
 class Record:
     """One training sample before media are read: conversation, media paths and source metadata.

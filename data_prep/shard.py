@@ -70,8 +70,17 @@ class _ShardSink:
             self._writer = None
 
 
-def write_shards(source: str, root: Path, split: str, out: Path, maxcount: int = 64, workers: int = 1,
-                 predecode: bool = False, num_frames: int = 8, progress: bool = True) -> dict:
+def write_shards(
+    source: str,
+    root: Path,
+    split: str,
+    out: Path,
+    maxcount: int = 64,
+    workers: int = 1,
+    predecode: bool = False,
+    num_frames: int = 8,
+    progress: bool = True,
+) -> dict:
     """Convert and shard; returns the index (also written to `index_path`). ValueError if nothing valid."""
     if source not in CONVERTERS:
         raise ValueError(f"--source must be one of {', '.join(CONVERTERS)}, got {source!r}")
@@ -96,9 +105,16 @@ def write_shards(source: str, root: Path, split: str, out: Path, maxcount: int =
     sink.close()
     total = sum(s["samples"] for s in sink.shards)
     index = {
-        "version": INDEX_VERSION, "source": source, "split": split, "predecoded": predecode,
-        "num_frames": num_frames if predecode else None, "total": total, "shards": sink.shards,
-        "modalities": dict(modalities), "skipped": dict(skipped), "skipped_examples": examples,
+        "version": INDEX_VERSION,
+        "source": source,
+        "split": split,
+        "predecoded": predecode,
+        "num_frames": num_frames if predecode else None,
+        "total": total,
+        "shards": sink.shards,
+        "modalities": dict(modalities),
+        "skipped": dict(skipped),
+        "skipped_examples": examples,
     }
     if total == 0:
         raise ValueError(f"{root}: no valid {source}/{split} samples (skipped: {dict(skipped) or 'none found'})")
@@ -112,7 +128,7 @@ def write_shards(source: str, root: Path, split: str, out: Path, maxcount: int =
 class _Serial:
     """`Pool`-like context for --workers 1: no subprocesses (easier to debug and profile)."""
 
-    def __enter__(self) -> "_Serial":
+    def __enter__(self) -> _Serial:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -135,14 +151,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-frames", type=int, default=8, help="frames stored per video with --predecode")
     args = parser.parse_args(argv)
     try:
-        index = write_shards(args.source, args.root, args.split, args.out, args.maxcount, args.workers,
-                             args.predecode, args.num_frames)
+        index = write_shards(
+            args.source, args.root, args.split, args.out, args.maxcount, args.workers, args.predecode, args.num_frames
+        )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     skipped = ", ".join(f"{k}={v}" for k, v in sorted(index["skipped"].items())) or "none"
-    print(f"{args.source}/{args.split}: {index['total']} samples in {len(index['shards'])} shards "
-          f"-> {index_path(args.out, args.source, args.split)}; skipped: {skipped}")
+    print(
+        f"{args.source}/{args.split}: {index['total']} samples in {len(index['shards'])} shards "
+        f"-> {index_path(args.out, args.source, args.split)}; skipped: {skipped}"
+    )
     for reason, example in index["skipped_examples"].items():
         print(f"  {reason}: e.g. {example}")
     return 0

@@ -2,9 +2,9 @@
 
 `python -m data_prep.synthetic --out DIR [--n N] [--seed S]` writes DIR/{music_avqa,ave,llava,audiocaps}, each with a
 train split of about N items and a held-out test split (other clips) of N//4 (at least 4). Every answer is determined by
-the media and the answers are balanced, so the question text alone cannot answer (see the tiny-model notes): the colour
-of the square, its side, how many beeps, whether the beeps come before or after the square appears, which is louder (beeps or
-hum), the event's timbre and time range, high vs low pitch.
+the media and the answers are balanced, so the question text alone cannot answer (see the tiny-model notes): the
+colour of the square, its side, how many beeps, whether the beeps come before or after the square appears, which is
+louder (beeps or hum), the event's timbre and time range, high vs low pitch.
 """
 
 from __future__ import annotations
@@ -24,8 +24,12 @@ NUMBERS = ("zero", "one", "two", "three", "four")
 SIDES = ("left", "right")
 ORDERS = ("before", "after")
 # AVE classes rendered with a distinct timbre and square colour each.
-AVE_EVENTS = {"Church bell": ("sine", 880.0, "yellow"), "Violin, fiddle": ("saw", 440.0, "red"),
-              "Acoustic guitar": ("square", 330.0, "blue"), "Motorcycle": ("noise", 200.0, "green")}
+AVE_EVENTS = {
+    "Church bell": ("sine", 880.0, "yellow"),
+    "Violin, fiddle": ("saw", 440.0, "red"),
+    "Acoustic guitar": ("square", 330.0, "blue"),
+    "Motorcycle": ("noise", 200.0, "green"),
+}
 PITCHES = {"high": 1200.0, "low": 300.0}
 HUM_FREQ, BEEP_AMP = 110.0, 0.25  # MUSIC-AVQA clips: a square-wave hum at 0.45 (louder) or 0.08 under 0.25 beeps
 
@@ -64,8 +68,13 @@ def music_avqa(out: Path, n: int, rng: np.random.Generator) -> None:
             vid = f"{split[:2]}{i:05d}"
             first = 0.1 if orders[i] == "before" else 1.1
             hum = Beep(start=0.0, length=2.0, freq=HUM_FREQ, timbre="square", amp=0.45 if hum_loud[i] else 0.08)
-            clip = Clip(duration=2.0, colour=colours[i], side=sides[i], shape_on=1.0,
-                        beeps=[hum, *_beeps(counts[i], first, amp=BEEP_AMP)])
+            clip = Clip(
+                duration=2.0,
+                colour=colours[i],
+                side=sides[i],
+                shape_on=1.0,
+                beeps=[hum, *_beeps(counts[i], first, amp=BEEP_AMP)],
+            )
             pair = ["hum", "beeps"] if hum_first[i] else ["beeps", "hum"]
             render.write_mp4(out / "videos" / f"{vid}.mp4", clip)
             if i % 3:  # every third clip has no wav: the converter must fall back to the mp4's audio track
@@ -73,15 +82,32 @@ def music_avqa(out: Path, n: int, rng: np.random.Generator) -> None:
             questions = [
                 ('["Audio", "Counting"]', "How many beeps are heard in the video?", [], NUMBERS[counts[i]]),
                 ('["Visual", "Location"]', "What colour is the shape on the <LR>?", [sides[i]], colours[i]),
-                ('["Audio-Visual", "Temporal"]', "Do the beeps sound <BA> the shape appears?", [asked[i]],
-                 "yes" if asked[i] == orders[i] else "no"),
-                ('["Audio", "Comparative"]', "Is the <Object> louder than the <Object>?", pair,
-                 "yes" if hum_loud[i] == hum_first[i] else "no"),
+                (
+                    '["Audio-Visual", "Temporal"]',
+                    "Do the beeps sound <BA> the shape appears?",
+                    [asked[i]],
+                    "yes" if asked[i] == orders[i] else "no",
+                ),
+                (
+                    '["Audio", "Comparative"]',
+                    "Is the <Object> louder than the <Object>?",
+                    pair,
+                    "yes" if hum_loud[i] == hum_first[i] else "no",
+                ),
             ]
             for qtype, content, values, answer in questions:
                 qid += 1
-                entries.append({"video_id": vid, "question_id": qid, "type": qtype, "question_content": content,
-                                "templ_values": json.dumps(values), "question_deleted": 0, "anser": answer})
+                entries.append(
+                    {
+                        "video_id": vid,
+                        "question_id": qid,
+                        "type": qtype,
+                        "question_content": content,
+                        "templ_values": json.dumps(values),
+                        "question_deleted": 0,
+                        "anser": answer,
+                    }
+                )
         _write_json(out / f"avqa-{split}.json", entries)
 
 
@@ -97,8 +123,15 @@ def ave(out: Path, n: int, rng: np.random.Generator) -> None:
             start = int(rng.integers(0, 7))
             end = int(rng.integers(start + 2, 11))
             timbre, freq, colour = AVE_EVENTS[events[i]]
-            clip = Clip(duration=10.0, colour=colour, side=SIDES[i % 2], shape_on=start, shape_off=end, fps=2,
-                        beeps=[Beep(start=start, length=end - start, freq=freq, timbre=timbre, amp=0.4)])
+            clip = Clip(
+                duration=10.0,
+                colour=colour,
+                side=SIDES[i % 2],
+                shape_on=start,
+                shape_off=end,
+                fps=2,
+                beeps=[Beep(start=start, length=end - start, freq=freq, timbre=timbre, amp=0.4)],
+            )
             render.write_mp4(out / "AVE" / f"{vid}.mp4", clip)
             lines.append(f"{events[i]}&{vid}&good&{start}&{end}")
         (out / {"train": "trainSet.txt", "test": "testSet.txt"}[split]).write_text("\n".join([header, *lines]) + "\n")
@@ -122,16 +155,21 @@ def llava(out: Path, n: int, rng: np.random.Generator) -> None:
                 render.write_jpg(out / "images" / f"{eid}.jpg", render.frame(colour, side, 22))
                 turns = ["<image>\nWhat colour is the shape?", colour]
             elif kind == "video":
-                render.write_mp4(out / "videos" / f"{eid}.mp4", Clip(duration=1.0, colour=colour, side=side),
-                                 with_audio=False)
+                render.write_mp4(
+                    out / "videos" / f"{eid}.mp4", Clip(duration=1.0, colour=colour, side=side), with_audio=False
+                )
                 turns = ["<video>\nDescribe the video briefly.", f"A {colour} square moving on the {side}."]
             else:
                 render.write_wav(out / "audio" / f"{eid}.wav", render.waveform(1.0, _beeps(counts[i // 3], 0.1)))
                 turns = ["<audio>\nHow many beeps are there?", NUMBERS[counts[i // 3]]]
             ext = {"image": "jpg", "video": "mp4", "audio": "wav"}[kind]
-            entries.append({"id": eid, kind: f"{kind}s/{eid}.{ext}" if kind != "audio" else f"audio/{eid}.wav",
-                            "conversations": [{"from": "human", "value": turns[0]},
-                                              {"from": "gpt", "value": turns[1]}]})
+            entries.append(
+                {
+                    "id": eid,
+                    kind: f"{kind}s/{eid}.{ext}" if kind != "audio" else f"audio/{eid}.wav",
+                    "conversations": [{"from": "human", "value": turns[0]}, {"from": "gpt", "value": turns[1]}],
+                }
+            )
         _write_json(out / f"{split}.json", entries)
 
 
@@ -145,7 +183,9 @@ def audiocaps(out: Path, n: int, rng: np.random.Generator) -> None:
             wave = render.waveform(1.5, _beeps(counts[i], 0.1, freq=PITCHES[pitches[i]]))
             render.write_wav(out / "audio" / f"{cap_id}.wav", wave)
             word = NUMBERS[counts[i]].capitalize()
-            rows.append([cap_id, f"yt{cap_id}", "30", f"{word} {pitches[i]}-pitched beep{'s' if counts[i] > 1 else ''}."])
+            rows.append(
+                [cap_id, f"yt{cap_id}", "30", f"{word} {pitches[i]}-pitched beep{'s' if counts[i] > 1 else ''}."]
+            )
         with (out / f"{split}.csv").open("w", newline="") as f:
             csv.writer(f).writerows([["audiocap_id", "youtube_id", "start_time", "caption"], *rows])
 

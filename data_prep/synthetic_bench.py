@@ -48,13 +48,26 @@ def mmbench(out: Path, n: int, rng: np.random.Generator) -> Path:
         else:
             options = [COLOURS[j] for j in rng.permutation(len(COLOURS))]
             answer, category, question, hint = colours[i], "colour", "What colour is the square?", "Look at the square."
-        rows.append({"index": 1000 + i, "question": question, "hint": hint, "answer": "ABCD"[options.index(answer)],
-                     "category": category, "l2-category": "perception", "image": image, "source": "synthetic",
-                     **dict(zip("ABCD", options))})
+        rows.append(
+            {
+                "index": 1000 + i,
+                "question": question,
+                "hint": hint,
+                "answer": "ABCD"[options.index(answer)],
+                "category": category,
+                "l2-category": "perception",
+                "image": image,
+                "source": "synthetic",
+                **dict(zip("ABCD", options)),
+            }
+        )
     out.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, ["index", "question", "hint", "A", "B", "C", "D", "answer", "category",
-                                    "l2-category", "image", "source"], delimiter="\t")
+        writer = csv.DictWriter(
+            f,
+            ["index", "question", "hint", "A", "B", "C", "D", "answer", "category", "l2-category", "image", "source"],
+            delimiter="\t",
+        )
         writer.writeheader()
         writer.writerows(rows)
     return path
@@ -71,8 +84,14 @@ def pope(out: Path, n: int, rng: np.random.Generator) -> Path:
         for qid, yes in enumerate(balanced((True, False), n, rng), start=1):
             name, colour, _ = images[qid % len(images)]
             asked = colour if yes else COLOURS[(COLOURS.index(colour) + 1) % len(COLOURS)]
-            lines.append({"question_id": qid, "image": name, "text": f"Is there a {asked} square in the image?",
-                          "label": "yes" if yes else "no"})
+            lines.append(
+                {
+                    "question_id": qid,
+                    "image": name,
+                    "text": f"Is there a {asked} square in the image?",
+                    "label": "yes" if yes else "no",
+                }
+            )
         (root / f"coco_pope_{split}.json").write_text("".join(json.dumps(line) + "\n" for line in lines))
     return root
 
@@ -86,8 +105,10 @@ def mme(out: Path, n: int, rng: np.random.Generator) -> Path:
             stem = f"{task}{i:03d}"
             other = COLOURS[(COLOURS.index(colour) + 1) % len(COLOURS)]
             render.write_jpg(root / task / ("images" if nested else "") / f"{stem}.jpg", _image(colour, side))
-            qa = [f"Is the square {colour}? Please answer yes or no.\tYes",
-                  f"Is the square {other}? Please answer yes or no.\tNo"]
+            qa = [
+                f"Is the square {colour}? Please answer yes or no.\tYes",
+                f"Is the square {other}? Please answer yes or no.\tNo",
+            ]
             txt = root / task / ("questions_answers_YN" if nested else "") / f"{stem}.txt"
             txt.parent.mkdir(parents=True, exist_ok=True)
             txt.write_text("\n".join(qa) + "\n")

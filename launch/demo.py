@@ -63,12 +63,25 @@ def train(out: Path, stage: int, nproc: int, extra: list[str]) -> Path:
         done(t, f"already trained: {run}")
         return run
     comp = out / "components"
-    overrides = [f"output_dir={run}", f"model.llm={comp / 'llm'}", f"model.vision={comp / 'vision'}",
-                 f"model.audio={comp / 'audio'}", f"data.root={out / 'shards'}", *extra]
+    overrides = [
+        f"output_dir={run}",
+        f"model.llm={comp / 'llm'}",
+        f"model.vision={comp / 'vision'}",
+        f"model.audio={comp / 'audio'}",
+        f"data.root={out / 'shards'}",
+        *extra,
+    ]
     if stage == 2:
         overrides.append(f"stage1_run={out / 'stage1'}")
-    cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(nproc), "launch/train.py",
-           "--config", f"configs/demo/stage{stage}.yaml", *overrides]
+    cmd = [
+        str(Path(sys.executable).parent / "deepspeed"),
+        "--num_gpus",
+        str(nproc),
+        "launch/train.py",
+        "--config",
+        f"configs/demo/stage{stage}.yaml",
+        *overrides,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     log = out / f"stage{stage}.log"
     with log.open("w") as sink:
@@ -93,9 +106,11 @@ def merge(out: Path) -> Path:
 
 def bench_args(out: Path, bench: str) -> list[str]:
     raw = out / "raw"
-    return {"music_avqa": ["--data", str(raw / "music_avqa" / "avqa-test.json")],
-            "pope": ["--data", str(raw / "bench" / "pope"), "--media-root", str(raw / "bench" / "pope" / "images")],
-            "mmbench": ["--data", str(raw / "bench" / "mmbench.tsv")]}[bench]
+    return {
+        "music_avqa": ["--data", str(raw / "music_avqa" / "avqa-test.json")],
+        "pope": ["--data", str(raw / "bench" / "pope"), "--media-root", str(raw / "bench" / "pope" / "images")],
+        "mmbench": ["--data", str(raw / "bench" / "mmbench.tsv")],
+    }[bench]
 
 
 def evaluate(out: Path, model: Path) -> dict[str, dict]:
@@ -105,8 +120,24 @@ def evaluate(out: Path, model: Path) -> dict[str, dict]:
     for bench in BENCHES:
         t = step(f"eval {bench}: python launch/eval.py --model merged --bench {bench}")
         target = out / "eval" / bench
-        if eval_main(["--model", str(model), "--bench", bench, *bench_args(out, bench), "--out", str(target),
-                      "--batch-size", "16", "--max-new-tokens", "8"]) != 0:
+        if (
+            eval_main(
+                [
+                    "--model",
+                    str(model),
+                    "--bench",
+                    bench,
+                    *bench_args(out, bench),
+                    "--out",
+                    str(target),
+                    "--batch-size",
+                    "16",
+                    "--max-new-tokens",
+                    "8",
+                ]
+            )
+            != 0
+        ):
             raise SystemExit(f"eval {bench} failed")
         results[bench] = json.loads((target / "metrics.json").read_text())["metrics"]["complete"]
         done(t, f"{target}")
@@ -124,30 +155,44 @@ def baselines(out: Path) -> dict[str, float]:
     for item in items:
         per_type.setdefault(item.gold["subtype"], Counter())[item.gold["answer"]] += 1
     prior = [per_type[item.gold["subtype"]].most_common(1)[0][0] for item in items]
-    return {"majority": music_avqa.score(items, [overall] * len(items))["overall"],
-            "type_prior": music_avqa.score(items, prior)["overall"]}
+    return {
+        "majority": music_avqa.score(items, [overall] * len(items))["overall"],
+        "type_prior": music_avqa.score(items, prior)["overall"],
+    }
 
 
 def report(out: Path, results: dict[str, dict], base: dict[str, float], adapter: str) -> str:
     avqa = results["music_avqa"]
-    lines = [f"| benchmark | metric | {adapter} (merged) | baseline |", "|---|---|---:|---:|",
-             f"| MUSIC-AVQA (synthetic) | overall accuracy | {100 * avqa['overall']:.1f} | "
-             f"{100 * base['majority']:.1f} (majority answer) |",
-             f"| | | | {100 * base['type_prior']:.1f} (majority per question type) |"]
+    lines = [
+        f"| benchmark | metric | {adapter} (merged) | baseline |",
+        "|---|---|---:|---:|",
+        f"| MUSIC-AVQA (synthetic) | overall accuracy | {100 * avqa['overall']:.1f} | "
+        f"{100 * base['majority']:.1f} (majority answer) |",
+        f"| | | | {100 * base['type_prior']:.1f} (majority per question type) |",
+    ]
     for subtype, acc in avqa["subtype"].items():
         lines.append(f"| | {subtype} | {100 * acc:.1f} | |")
     pope = results["pope"]
     split = next(iter(pope)) if isinstance(next(iter(pope.values())), dict) else None
     pope = pope[split] if split else pope
-    lines.append(f"| POPE (synthetic) | accuracy / F1 | {100 * pope['accuracy']:.1f} / {100 * pope['f1']:.1f} | "
-                 "50.0 (one answer) |")
-    lines.append(f"| MMBench (synthetic) | CircularEval overall | {100 * results['mmbench']['overall']:.1f} | "
-                 "0.4 (chance: 4 rounds of 4 options) |")
+    lines.append(
+        f"| POPE (synthetic) | accuracy / F1 | {100 * pope['accuracy']:.1f} / {100 * pope['f1']:.1f} | "
+        "50.0 (one answer) |"
+    )
+    lines.append(
+        f"| MMBench (synthetic) | CircularEval overall | {100 * results['mmbench']['overall']:.1f} | "
+        "0.4 (chance: 4 rounds of 4 options) |"
+    )
     table = "\n".join(lines)
     (out / "results.md").write_text(table + "\n")
-    summary = {"adapter": adapter, "music_avqa": avqa["overall"], "majority": base["majority"],
-               "type_prior": base["type_prior"], "pope_accuracy": pope["accuracy"],
-               "mmbench": results["mmbench"]["overall"]}
+    summary = {
+        "adapter": adapter,
+        "music_avqa": avqa["overall"],
+        "majority": base["majority"],
+        "type_prior": base["type_prior"],
+        "pope_accuracy": pope["accuracy"],
+        "mmbench": results["mmbench"]["overall"],
+    }
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     return table
 
@@ -179,9 +224,11 @@ def main(argv: list[str] | None = None) -> int:
     results = evaluate(out, merged)
     table = report(out, results, baselines(out), args.adapter)
     print(f"\n== results ({time.time() - start:.0f} s in all)\n{table}")
-    print(f"\nEverything is under {out}: stage1/ and stage2/ (config.yaml, ds_config.json, metrics.jsonl, tb/, "
-          "loss.png, checkpoints/, final/), merged/, eval/<bench>/ (predictions.jsonl, metrics.json, results.md), "
-          "results.md and results.json")
+    print(
+        f"\nEverything is under {out}: stage1/ and stage2/ (config.yaml, ds_config.json, metrics.jsonl, tb/, "
+        "loss.png, checkpoints/, final/), merged/, eval/<bench>/ (predictions.jsonl, metrics.json, results.md), "
+        "results.md and results.json"
+    )
     return 0
 
 

@@ -32,8 +32,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-shard-size-mb", type=int, default=2048, help="safetensors shard size")
     args = parser.parse_args(argv)
     try:
-        out = merge_run(args.run, args.out, args.dtype, args.force, args.keep_adapters, args.checkpoint,
-                        args.max_shard_size_mb * 2**20)
+        out = merge_run(
+            args.run,
+            args.out,
+            args.dtype,
+            args.force,
+            args.keep_adapters,
+            args.checkpoint,
+            args.max_shard_size_mb * 2**20,
+        )
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

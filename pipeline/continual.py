@@ -55,9 +55,13 @@ def task_config(cfg: RunConfig, index: int) -> RunConfig:
     """Task `index`'s run: the recipe with the task's shards, in its own directory, without the sequence, and the
     adapter sized for the sequence (`AdapterConfig.for_tasks`)."""
     task, adapter = cfg.continual.tasks[index], cfg.adapter.for_tasks(len(cfg.continual.tasks))
-    return dataclasses.replace(cfg, output_dir=str(Path(cfg.output_dir) / f"task{index}-{task.name}"),
-                               data=dataclasses.replace(cfg.data, sources=task.sources), adapter=adapter,
-                               continual=ContinualConfig())
+    return dataclasses.replace(
+        cfg,
+        output_dir=str(Path(cfg.output_dir) / f"task{index}-{task.name}"),
+        data=dataclasses.replace(cfg.data, sources=task.sources),
+        adapter=adapter,
+        continual=ContinualConfig(),
+    )
 
 
 def check_tasks(cfg: RunConfig) -> None:
@@ -65,8 +69,10 @@ def check_tasks(cfg: RunConfig) -> None:
     for task in cfg.continual.tasks:
         resolve_all(dataclasses.replace(cfg.data, sources=task.sources))
         if task.eval.bench not in ACCURACY_BENCHMARKS:
-            raise ValueError(f"continual task '{task.name}': eval.bench '{task.eval.bench}' is not one of "
-                             f"{', '.join(ACCURACY_BENCHMARKS)} (the matrix averages accuracies; MME scores points)")
+            raise ValueError(
+                f"continual task '{task.name}': eval.bench '{task.eval.bench}' is not one of "
+                f"{', '.join(ACCURACY_BENCHMARKS)} (the matrix averages accuracies; MME scores points)"
+            )
         if not load_items(task):
             raise ValueError(f"continual task '{task.name}': {task.eval.data} holds no {task.eval.bench} questions")
 
@@ -106,27 +112,40 @@ def summarize(matrix: list[list[float | None]]) -> dict:
 
     def after(i: int) -> tuple[float, float]:
         last = matrix[i][: i + 1]
-        forgetting = [max(matrix[l][j] for l in range(j, i)) - matrix[i][j] for j in range(i)]
+        forgetting = [max(matrix[k][j] for k in range(j, i)) - matrix[i][j] for j in range(i)]
         return sum(last) / len(last), sum(forgetting) / len(forgetting) if forgetting else 0.0
 
     steps = [after(i) for i in range(len(matrix))]
-    return {"matrix": matrix, "average_accuracy": steps[-1][0], "average_forgetting": steps[-1][1],
-            "average_accuracy_after_task": [a for a, _ in steps],
-            "average_forgetting_after_task": [f for _, f in steps]}
+    return {
+        "matrix": matrix,
+        "average_accuracy": steps[-1][0],
+        "average_forgetting": steps[-1][1],
+        "average_accuracy_after_task": [a for a, _ in steps],
+        "average_forgetting_after_task": [f for _, f in steps],
+    }
 
 
 def markdown(names: list[str], summary: dict, adapter: str) -> str:
     def cell(value: float | None) -> str:
         return "" if value is None else f"{100 * value:.1f}"
 
-    lines = [f"## Continual sequence ({adapter})", "", "| after training \\ evaluated on | "
-             + " | ".join(names) + " | average accuracy | average forgetting |", "|---|" + "---:|" * (len(names) + 2)]
+    lines = [
+        f"## Continual sequence ({adapter})",
+        "",
+        "| after training \\ evaluated on | " + " | ".join(names) + " | average accuracy | average forgetting |",
+        "|---|" + "---:|" * (len(names) + 2),
+    ]
     for i, row in enumerate(summary["matrix"]):
-        lines.append(f"| {i}: {names[i]} | " + " | ".join(cell(v) for v in row) + f" | "
-                     f"{cell(summary['average_accuracy_after_task'][i])} | "
-                     f"{cell(summary['average_forgetting_after_task'][i])} |")
-    lines += ["", f"Average accuracy {cell(summary['average_accuracy'])}, average forgetting "
-              f"{cell(summary['average_forgetting'])} (points; the headline metric of each task's benchmark)."]
+        lines.append(
+            f"| {i}: {names[i]} | " + " | ".join(cell(v) for v in row) + f" | "
+            f"{cell(summary['average_accuracy_after_task'][i])} | "
+            f"{cell(summary['average_forgetting_after_task'][i])} |"
+        )
+    lines += [
+        "",
+        f"Average accuracy {cell(summary['average_accuracy'])}, average forgetting "
+        f"{cell(summary['average_forgetting'])} (points; the headline metric of each task's benchmark).",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -169,8 +188,9 @@ def run_continual(cfg: RunConfig) -> Path:
     summary = summarize(matrix)
     if rank == 0:
         names = [t.name for t in tasks]
-        (root / RESULT_JSON).write_text(json.dumps({"tasks": names, "adapter": cfg.adapter.name, **summary},
-                                                   indent=2) + "\n")
+        (root / RESULT_JSON).write_text(
+            json.dumps({"tasks": names, "adapter": cfg.adapter.name, **summary}, indent=2) + "\n"
+        )
         (root / RESULT_MD).write_text(markdown(names, summary, cfg.adapter.name))
     dist.barrier()
     return root

@@ -54,12 +54,12 @@ class MergeError(ValueError):
 @dataclasses.dataclass
 class Source:
     run_dir: Path
-    export: Path                       # final/ or checkpoints/step-N/export/
+    export: Path  # final/ or checkpoints/step-N/export/
     model: ModelConfig
-    stage1_run: Path | None            # where the projectors come from when the export has none
+    stage1_run: Path | None  # where the projectors come from when the export has none
     adapter: AdapterConfig | None
     layers: list[str]
-    missing: dict | None               # the run's missing-modality section (its train condition)
+    missing: dict | None  # the run's missing-modality section (its train condition)
 
 
 @dataclasses.dataclass
@@ -81,8 +81,9 @@ def read_source(run_dir: str | Path, checkpoint: str | None = None) -> Source:
     except ValueError as exc:
         raise MergeError(str(exc)) from None
     data = yaml.safe_load(run.config.read_text()) or {}
-    sections = from_dict(_RunSections, {"model": data.get("model") or {}, "stage1_run": data.get("stage1_run")},
-                         where=str(run.config))
+    sections = from_dict(
+        _RunSections, {"model": data.get("model") or {}, "stage1_run": data.get("stage1_run")}, where=str(run.config)
+    )
     return Source(run.root, export, sections.model, sections.stage1_run, adapter, layers, data.get("missing"))
 
 
@@ -91,9 +92,11 @@ def check_mergeable(source: Source, keep_adapters: bool) -> None:
         return
     cls = source.adapter.method
     if not cls.mergeable:
-        raise MergeError(f"adapter '{source.adapter.name}' ({cls.__name__}) cannot be merged: its output depends on "
-                         "each token (routing or modality), which no fixed weight reproduces; use --keep-adapters "
-                         "to write a checkpoint that carries the adapter modules")
+        raise MergeError(
+            f"adapter '{source.adapter.name}' ({cls.__name__}) cannot be merged: its output depends on "
+            "each token (routing or modality), which no fixed weight reproduces; use --keep-adapters "
+            "to write a checkpoint that carries the adapter modules"
+        )
 
 
 # ---- the LLM, streamed ----------------------------------------------------------------------------------------
@@ -126,8 +129,10 @@ def _target_llm(config, vocab: int, bias_modules: set[str]) -> PreTrainedModel:
             if len(missing(candidate)) < len(missing(target)):
                 config, target = trial, candidate
     if missing(target):
-        raise MergeError(f"the merged adapter adds biases to {sorted(missing(target))[:2]}, which a "
-                         f"'{config.model_type}' checkpoint cannot hold; use --keep-adapters")
+        raise MergeError(
+            f"the merged adapter adds biases to {sorted(missing(target))[:2]}, which a "
+            f"'{config.model_type}' checkpoint cannot hold; use --keep-adapters"
+        )
     return target
 
 
@@ -139,8 +144,9 @@ def _output_keys(model: PreTrainedModel) -> list[str]:
 
 
 @torch.no_grad()
-def _fold(layer: AdapterLinear, name: str, base: ShardReader, trained: dict[str, torch.Tensor],
-          run_dtype: torch.dtype) -> torch.nn.Linear:
+def _fold(
+    layer: AdapterLinear, name: str, base: ShardReader, trained: dict[str, torch.Tensor], run_dtype: torch.dtype
+) -> torch.nn.Linear:
     """Materialise one meta adapter layer (LLM module `name`) on the CPU in fp32 and fold it."""
     state = {}
     for key in layer.state_dict():
@@ -164,8 +170,15 @@ def _grow_rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:
     return torch.cat([tensor, tensor.mean(0, keepdim=True).expand(rows - tensor.shape[0], -1)])
 
 
-def write_llm(model: AVLLM, cfg: ModelConfig, out: Path, dtype: torch.dtype, trained: dict[str, torch.Tensor],
-              merging: bool, shard_bytes: int) -> None:
+def write_llm(
+    model: AVLLM,
+    cfg: ModelConfig,
+    out: Path,
+    dtype: torch.dtype,
+    trained: dict[str, torch.Tensor],
+    merging: bool,
+    shard_bytes: int,
+) -> None:
     """Stream the base LLM into `out` (config, generation config, shards), folding the adapters when merging."""
     base = ShardReader(cfg.llm)
     run_dtype = cfg.torch_dtype
@@ -174,8 +187,11 @@ def write_llm(model: AVLLM, cfg: ModelConfig, out: Path, dtype: torch.dtype, tra
     biased = {n for n, layer in layers.items() if layer.merged_bias() is not None}
     base_config = AutoConfig.from_pretrained(cfg.llm)
     target = _target_llm(base_config, vocab, biased)
-    embeddings = {f"{n}.weight" for n, m in target.named_modules()
-                  if m is target.get_input_embeddings() or m is target.get_output_embeddings()}
+    embeddings = {
+        f"{n}.weight"
+        for n, m in target.named_modules()
+        if m is target.get_input_embeddings() or m is target.get_output_embeddings()
+    }
     keys = _output_keys(target)
     flags_on = any(getattr(target.config, f, None) != getattr(base_config, f, None) for f in BIAS_FLAGS)
     for key in keys:
@@ -241,8 +257,11 @@ def write_checkpoint(source: Source, out: Path, dtype_name: str, keep_adapters: 
     model.config = dataclasses.replace(source.model, dtype=dtype_name)
     model.save_pretrained(out, llm_weights=False, max_shard_size=f"{max(shard_bytes // 2**20, 1)}MB")
     if source.adapter is not None and keep_adapters:
-        state = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in trained.items()
-                 if any(k.startswith(layer + ".") for layer in source.layers)}
+        state = {
+            k: (v.to(dtype) if v.is_floating_point() else v)
+            for k, v in trained.items()
+            if any(k.startswith(layer + ".") for layer in source.layers)
+        }
         write_adapter(out / KEPT_ADAPTER_DIR, source.adapter, source.layers, state)
 
 
@@ -252,11 +271,14 @@ def write_manifest(source: Source, out: Path, dtype_name: str, merged: bool) -> 
         "format": FORMAT,
         "source_run": str(source.run_dir.resolve()),
         "export": str(source.export.resolve()),
-        "adapter": None if source.adapter is None else {"name": source.adapter.name, "config": to_dict(source.adapter),
-                                                        "layers": len(source.layers)},
+        "adapter": None
+        if source.adapter is None
+        else {"name": source.adapter.name, "config": to_dict(source.adapter), "layers": len(source.layers)},
         "merged": merged,
-        "base": {k: None if getattr(source.model, k) is None else str(Path(getattr(source.model, k)).resolve())
-                 for k in ("llm", "vision", "audio", "tokenizer")},
+        "base": {
+            k: None if getattr(source.model, k) is None else str(Path(getattr(source.model, k)).resolve())
+            for k in ("llm", "vision", "audio", "tokenizer")
+        },
         "dtype": dtype_name,
         # the run's missing-modality training (its train condition, which eval --missing-grid names)
         "missing": source.missing,
@@ -265,8 +287,15 @@ def write_manifest(source: Source, out: Path, dtype_name: str, merged: bool) -> 
     (out / MERGE_MANIFEST).write_text(json.dumps(manifest, indent=2))
 
 
-def merge_run(run_dir: str | Path, out: str | Path, dtype: str | None = None, force: bool = False,
-              keep_adapters: bool = False, checkpoint: str | None = None, shard_bytes: int = 2 * 2**30) -> Path:
+def merge_run(
+    run_dir: str | Path,
+    out: str | Path,
+    dtype: str | None = None,
+    force: bool = False,
+    keep_adapters: bool = False,
+    checkpoint: str | None = None,
+    shard_bytes: int = 2 * 2**30,
+) -> Path:
     """Write the merged (or, with `keep_adapters`, adapter-carrying) checkpoint of a run to `out`, atomically."""
     out = Path(out)
     source = read_source(run_dir, checkpoint)

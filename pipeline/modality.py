@@ -96,8 +96,9 @@ class ModalityContext:
         return self.question
 
 
-def modality_ids(input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                 media_tokens: dict[int, Modality]) -> torch.Tensor:
+def modality_ids(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor | None, media_tokens: dict[int, Modality]
+) -> torch.Tensor:
     """Per-token modality ids read off the (placeholder-expanded) token ids; padded positions are PAD."""
     ids = torch.full_like(input_ids, int(Modality.TEXT))
     for token, modality in media_tokens.items():

@@ -159,7 +159,9 @@ def load_trainables(model: nn.Module, directory: str | Path, prefixes: tuple[str
     with torch.no_grad():
         for key, tensor in saved.items():
             if own[key].shape != tensor.shape:
-                raise ValueError(f"{directory / TRAINABLES}: '{key}' is {tuple(tensor.shape)}, the model's is "
-                                 f"{tuple(own[key].shape)}")
+                raise ValueError(
+                    f"{directory / TRAINABLES}: '{key}' is {tuple(tensor.shape)}, the model's is "
+                    f"{tuple(own[key].shape)}"
+                )
             own[key].copy_(tensor)
     return sorted(saved)

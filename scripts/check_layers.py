@@ -29,8 +29,12 @@ PACKAGES = ("pipeline", "data_prep", "launch")
 
 def unit_of(module: str) -> tuple[int, str] | None:
     """(layer, unit) of a module name: the longest unit it is, or lies inside; None outside the project."""
-    found = [(layer, unit) for layer, units in enumerate(LAYERS) for unit in units
-             if module == unit or module.startswith(unit + ".")]
+    found = [
+        (layer, unit)
+        for layer, units in enumerate(LAYERS)
+        for unit in units
+        if module == unit or module.startswith(unit + ".")
+    ]
     return max(found, key=lambda f: len(f[1])) if found else None
 
 
@@ -51,8 +55,10 @@ def imports(tree: ast.AST, module: str, is_package: bool) -> list[tuple[int, str
                 anchor = module.split(".")[: len(module.split(".")) - node.level + (1 if is_package else 0)]
                 base = ".".join(anchor + ([base] if base else []))
             # `from pkg import sub` may name a submodule: count the most specific name that is a unit or inside one
-            found += [(node.lineno, f"{base}.{alias.name}" if unit_of(f"{base}.{alias.name}") else base)
-                      for alias in node.names]
+            found += [
+                (node.lineno, f"{base}.{alias.name}" if unit_of(f"{base}.{alias.name}") else base)
+                for alias in node.names
+            ]
     return [(line, name) for line, name in found if name.split(".")[0] in PACKAGES]
 
 

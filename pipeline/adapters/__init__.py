@@ -19,6 +19,7 @@ from torch import nn
 # Each method registers itself in ADAPTERS when its module is imported; this import order is the registry's order.
 # isort: off
 from pipeline.adapters import lora, dora, bitfit, imod, unimodal, moka, loramoe, hydralora, mora, delo  # noqa: F401
+
 # isort: on
 from pipeline.adapters.base import ADAPTERS, AdapterLinear, adapter_layers, adapter_state
 from pipeline.adapters.config import AdapterConfig
@@ -146,6 +147,17 @@ def prepare_merge(model: nn.Module, state: Mapping[str, torch.Tensor], dtype: to
 
 
 __all__ = [
-    "ADAPTERS", "AdapterConfig", "AdapterLinear", "AttachReport", "adapter_layers", "adapter_parameters",
-    "adapter_state", "attach", "aux_loss", "mark_trainable", "merge", "prepare_merge", "start_task",
+    "ADAPTERS",
+    "AdapterConfig",
+    "AdapterLinear",
+    "AttachReport",
+    "adapter_layers",
+    "adapter_parameters",
+    "adapter_state",
+    "attach",
+    "aux_loss",
+    "mark_trainable",
+    "merge",
+    "prepare_merge",
+    "start_task",
 ]

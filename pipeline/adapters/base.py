@@ -59,12 +59,15 @@ class AdapterLinear(nn.Module):
         super().__init_subclass__(**kwargs)
         if name is not None:
             if name in ADAPTERS:
-                raise TypeError(f"adapter name '{name}' is registered twice ({ADAPTERS[name].__name__}, {cls.__name__})")
+                raise TypeError(
+                    f"adapter name '{name}' is registered twice ({ADAPTERS[name].__name__}, {cls.__name__})"
+                )
             cls.name = name
             ADAPTERS[name] = cls
 
-    def __init__(self, base: nn.Linear, cfg: AdapterConfig, ctx: ModalityContext, depth: tuple[int, int],
-                 name: str) -> None:
+    def __init__(
+        self, base: nn.Linear, cfg: AdapterConfig, ctx: ModalityContext, depth: tuple[int, int], name: str
+    ) -> None:
         super().__init__()
         self.base_layer = base
         self.ctx = ctx

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.adapters.config import AdapterConfig
 from pipeline.adapters.base import AdapterLinear
+from pipeline.adapters.config import AdapterConfig
 from pipeline.modality import ModalityContext
 
 

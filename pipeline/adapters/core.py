@@ -65,8 +65,9 @@ class LowRankLinear(AdapterLinear):
         out = self.base_layer(x)
         u = self.project_down(x, self.dropout(x))
         # out + s·(u Bᵀ) as one fused GEMM-with-add instead of matmul, scale and add (three passes over `out`).
-        fused = torch.addmm(out.reshape(-1, self.out_features), u.reshape(-1, self.rank), self.lora_B.t(),
-                            alpha=self.scaling)
+        fused = torch.addmm(
+            out.reshape(-1, self.out_features), u.reshape(-1, self.rank), self.lora_B.t(), alpha=self.scaling
+        )
         return fused.view(out.shape)
 
     def delta_weight(self) -> torch.Tensor:
@@ -87,8 +88,16 @@ class MultiLowRankLinear(AdapterLinear):
 
     mergeable: ClassVar[bool] = False
 
-    def __init__(self, base: nn.Linear, cfg: AdapterConfig, ctx: ModalityContext, depth: tuple[int, int], name: str,
-                 n_down: int, n_up: int):
+    def __init__(
+        self,
+        base: nn.Linear,
+        cfg: AdapterConfig,
+        ctx: ModalityContext,
+        depth: tuple[int, int],
+        name: str,
+        n_down: int,
+        n_up: int,
+    ):
         super().__init__(base, cfg, ctx, depth, name)
         self.rank, self.scaling, self.dropout = lora_hyper(cfg)
         self.lora_A = init_down_(self._new_param(n_down, cfg.rank, self.in_features))

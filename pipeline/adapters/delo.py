@@ -23,14 +23,15 @@ gradient reaches the adapters of earlier layers through the hidden states. Each 
 loop adds it to the task loss before backward.
 
 Tasks. Option `tasks` pre-allocates T task slots (parameter names are fixed, so files load with `load_adapter`).
-`start_task(model, t)` (`pipeline.adapters`) makes task t the active one: its pools and router train, every other task's are frozen
-(requires_grad False). The trainable set changes, so a loop calls it after `mark_trainable` (which would unfreeze
-all adapter parameters) and builds a new optimizer / DeepSpeed engine per task. In training mode every sample uses
-the active task, and in forwards with grad enabled the active task's key K_t [3, d_in] (buffer `task_keys`) follows
-an EMA of the batch-mean proxy-filled queries (`key_momentum`; the first batch sets it). In eval mode each sample
-takes, per layer, the task whose key is nearest (squared Euclidean over the three queries) among the tasks that have
-a key, so no task id is needed at inference. Keys are per rank under data parallelism (each an EMA of its own
-stream; rank 0's are saved) and non-reentrant gradient checkpointing updates them twice per step.
+`start_task(model, t)` (`pipeline.adapters`) makes task t the active one: its pools and router train, every other
+task's are frozen (requires_grad False). The trainable set changes, so a loop calls it after `mark_trainable` (which
+would unfreeze all adapter parameters) and builds a new optimizer / DeepSpeed engine per task. In training mode
+every sample uses the active task, and in forwards with grad enabled the active task's key K_t [3, d_in] (buffer
+`task_keys`) follows an EMA of the batch-mean proxy-filled queries (`key_momentum`; the first batch sets it). In
+eval mode each sample takes, per layer, the task whose key is nearest (squared Euclidean over the three queries)
+among the tasks that have a key, so no task id is needed at inference. Keys are per rank under data parallelism
+(each an EMA of its own stream; rank 0's are saved) and non-reentrant gradient checkpointing updates them twice per
+step.
 
 Routing is per input: a KV-cache decoding step (`ModalityContext.decoding`) keeps the task and gates of the forward
 it continues, rather than routing the new token from itself, so generation uses the prompt's pools throughout. Not
@@ -47,8 +48,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.adapters.config import AdapterConfig
 from pipeline.adapters.base import AdapterLinear
+from pipeline.adapters.config import AdapterConfig
 from pipeline.modality import Modality, ModalityContext
 
 MODALITIES = (Modality.TEXT, Modality.VISUAL, Modality.AUDIO)
@@ -102,8 +103,10 @@ class DeLoLinear(AdapterLinear, name="delo"):
         if "tasks" not in cfg.options:
             return dataclasses.replace(cfg, options={**cfg.options, "tasks": tasks})
         if cfg.method_options().tasks < tasks:
-            raise ValueError(f"adapter.options.tasks={cfg.options['tasks']} task slots for {tasks} continual tasks; "
-                             f"set adapter.options.tasks={tasks}")
+            raise ValueError(
+                f"adapter.options.tasks={cfg.options['tasks']} task slots for {tasks} continual tasks; "
+                f"set adapter.options.tasks={tasks}"
+            )
         return cfg
 
     def start_task(self, task: int) -> None:

@@ -46,14 +46,15 @@ class DominanceProbe:
     """
 
     def __init__(self, model: nn.Module) -> None:
-        self.layers = {n: m for n, m in adapter_layers(model).items()
-                       if isinstance(m, LowRankLinear) and type(m).lora_family}
+        self.layers = {
+            n: m for n, m in adapter_layers(model).items() if isinstance(m, LowRankLinear) and type(m).lora_family
+        }
         if not self.layers:
             family = ", ".join(name for name, cls in ADAPTERS.items() if cls.lora_family)
             raise ValueError(f"DominanceProbe: the model has no LoRA-family adapter layer ({family})")
         self.fisher: dict[str, _LayerFisher] = {}
 
-    def __enter__(self) -> "DominanceProbe":
+    def __enter__(self) -> DominanceProbe:
         for layer in self.layers.values():
             layer.probe = self
         return self

@@ -157,8 +157,9 @@ class _IMoDProjection(torch.autograd.Function):
     """u = A x̃ in forward (LoRA's product, same bits); backward gives LoRA's ∂x̃ and A's task + constraint gradient."""
 
     @staticmethod
-    def forward(ctx, x_in: torch.Tensor, a: torch.Tensor, x: torch.Tensor, ids: torch.Tensor,
-                layer: "IMoDLinear") -> torch.Tensor:
+    def forward(
+        ctx, x_in: torch.Tensor, a: torch.Tensor, x: torch.Tensor, ids: torch.Tensor, layer: IMoDLinear
+    ) -> torch.Tensor:
         ctx.save_for_backward(x_in, a, ids, None if x is x_in else x)
         ctx.layer = layer
         return F.linear(x_in, a)
@@ -179,8 +180,9 @@ class _IMoDProjection(torch.autograd.Function):
         weights = _row_weights_of(ids, p.dtype)
         scale = _world_size()
         # cols[:, k] = g + E_k; the shared block's E_s (MAAC) is added below.
-        cols = torch.addcmul(g2.unsqueeze(1) if x is None else torch.zeros_like(p), p, weights.msdc,
-                             value=2 * layer.lambda1 * scale)
+        cols = torch.addcmul(
+            g2.unsqueeze(1) if x is None else torch.zeros_like(p), p, weights.msdc, value=2 * layer.lambda1 * scale
+        )
         if layer.lambda2:
             seq = ids.shape[-1]
             g_s = maac_grad(p[:, 2].view(-1, seq, r), weights.mean, weights.rows)  # a strided view, no copy

@@ -32,7 +32,6 @@ FORMAT = "avtrain-adapter/1"
 CONFIG_FILE, WEIGHTS_FILE = "adapter.json", "adapter.safetensors"
 
 
-
 def write_adapter_json(path: Path, cfg: AdapterConfig | None, layers: list[str]) -> None:
     """`path/adapter.json` (the format in the module docstring)."""
     meta = {"format": FORMAT, "adapter": to_dict(cfg) if cfg is not None else None, "layers": layers}
@@ -75,8 +74,9 @@ def load_adapter(model: nn.Module, path: str | Path, contexts=None) -> tuple[Ada
         raise ValueError(f"{path / CONFIG_FILE}: describes no adapter")
     report = attach(model, cfg, contexts)
     if report.layers != layers:
-        raise ValueError(f"{path}: the model's target layers differ from the saved ones "
-                         f"({len(report.layers)} vs {len(layers)})")
+        raise ValueError(
+            f"{path}: the model's target layers differ from the saved ones ({len(report.layers)} vs {len(layers)})"
+        )
     saved = load_file(str(path / WEIGHTS_FILE))
     own = adapter_state(model)
     if saved.keys() != own.keys():
@@ -88,7 +88,9 @@ def load_adapter(model: nn.Module, path: str | Path, contexts=None) -> tuple[Ada
     return cfg, report
 
 
-def export_peft(model: nn.Module, path: str | Path, cfg: AdapterConfig, base_model_name_or_path: str | None = None) -> None:
+def export_peft(
+    model: nn.Module, path: str | Path, cfg: AdapterConfig, base_model_name_or_path: str | None = None
+) -> None:
     """Write the adapter in PEFT's LoRA format (methods with `peft_options`: LoRA, DoRA, and IMoD as LoRA)."""
     from peft import LoraConfig
 
@@ -97,12 +99,20 @@ def export_peft(model: nn.Module, path: str | Path, cfg: AdapterConfig, base_mod
     if options is None or not all(type(m).peft_options is not None for m in layers.values()):
         exporting = ", ".join(n for n, m in ADAPTERS.items() if m.peft_options is not None)
         raise ValueError(f"export_peft: adapter '{cfg.name}' has no PEFT LoRA equivalent ({exporting} only)")
-    state = {f"base_model.model.{name}.{key}": tensor
-             for name, layer in layers.items() for key, tensor in layer.peft_tensors().items()}
+    state = {
+        f"base_model.model.{name}.{key}": tensor
+        for name, layer in layers.items()
+        for key, tensor in layer.peft_tensors().items()
+    }
     path = Path(path)
     LoraConfig(
-        r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, use_rslora=cfg.rslora,
-        target_modules=list(layers), base_model_name_or_path=base_model_name_or_path, **options,
+        r=cfg.rank,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        use_rslora=cfg.rslora,
+        target_modules=list(layers),
+        base_model_name_or_path=base_model_name_or_path,
+        **options,
     ).save_pretrained(str(path))
     state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     save_file(state, str(path / "adapter_model.safetensors"), metadata={"format": "pt"})

@@ -62,4 +62,3 @@ class LoRAMoELinear(MultiLowRankLinear, name="loramoe"):
             keep = (self.ctx.ids_for(x) != int(Modality.PAD)).to(g.dtype)
             self.last_aux_loss = self.balance_coef * balance_loss(g, keep)
         return self.project_up(x, g.unsqueeze(-1) * u)
-

@@ -54,7 +54,11 @@ class MokALinear(MultiLowRankLinear, name="moka"):
         a = (a_all * modality_onehot(ids, a_all.dtype).unsqueeze(-1)).sum(-2)  # each token's own a_m; PAD: 0
         if self.cross_weight:
             shape = (-1, ids.shape[-1], self.rank)  # [N, d] inputs (encoder towers) are one sample
-            cross = question_attention(a.reshape(shape), a_all[..., 0, :].reshape(shape),
-                                       ids.reshape(shape[:2]), self.ctx.question_for(x).reshape(shape[:2]))
+            cross = question_attention(
+                a.reshape(shape),
+                a_all[..., 0, :].reshape(shape),
+                ids.reshape(shape[:2]),
+                self.ctx.question_for(x).reshape(shape[:2]),
+            )
             a = a + self.cross_weight * cross.view_as(a)
         return self.project_up(x, a.unsqueeze(-2))

@@ -42,8 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.adapters.config import AdapterConfig
 from pipeline.adapters.base import AdapterLinear, adapter_layers
+from pipeline.adapters.config import AdapterConfig
 from pipeline.adapters.core import LowRankLinear
 from pipeline.modality import ModalityContext
 
@@ -71,8 +71,10 @@ class MoRAShared:
         self.blocks[layer.tower] = max(self.blocks.get(layer.tower, 0), layer.depth[1])
         owner = self.owners.setdefault(key, layer)
         if owner.in_features != layer.in_features:
-            raise ValueError(f"adapter.targets: mora shares one S per tower block, but '{layer.layer_name}' is "
-                             f"{layer.in_features} wide and '{owner.layer_name}' {owner.in_features}")
+            raise ValueError(
+                f"adapter.targets: mora shares one S per tower block, but '{layer.layer_name}' is "
+                f"{layer.in_features} wide and '{owner.layer_name}' {owner.in_features}"
+            )
         return owner is layer
 
     def pin(self, state: Mapping[str, torch.Tensor], dtype: torch.dtype) -> None:
@@ -86,8 +88,10 @@ class MoRAShared:
             return self.pinned[(tower, block)]
         owner = self.owners.get((tower, block))
         if owner is None:
-            raise ValueError(f"mora: tower '{tower}' has no target layer in block {block}, which another tower's "
-                             "block pairs with; target the same modules in every block")
+            raise ValueError(
+                f"mora: tower '{tower}' has no target layer in block {block}, which another tower's "
+                "block pairs with; target the same modules in every block"
+            )
         return owner.shared_S
 
     def gram(self, tower: str, block: int) -> torch.Tensor:
@@ -103,8 +107,10 @@ class MoRAShared:
         """G_o: the mean of the other towers' Gram matrices at the paired blocks."""
         others = [u for u in self.blocks if u != tower]
         if not others:
-            raise ValueError(f"mora: only tower '{tower}' has target layers; adapter.scope {self.towers} must "
-                             "name at least two towers with square target layers")
+            raise ValueError(
+                f"mora: only tower '{tower}' has target layers; adapter.scope {self.towers} must "
+                "name at least two towers with square target layers"
+            )
         grams = [self.gram(u, self.paired_block(tower, block, u)) for u in others]
         return torch.stack(grams).mean(0)
 
@@ -112,11 +118,20 @@ class MoRAShared:
 class MoRALinear(LowRankLinear, name="mora"):
     """One MoRA layer; see the module docstring for the formula and the choices made."""
 
-    def __init__(self, base: nn.Linear, cfg: AdapterConfig, ctx: ModalityContext, depth: tuple[int, int], name: str,
-                 shared: MoRAShared):
+    def __init__(
+        self,
+        base: nn.Linear,
+        cfg: AdapterConfig,
+        ctx: ModalityContext,
+        depth: tuple[int, int],
+        name: str,
+        shared: MoRAShared,
+    ):
         if base.in_features != base.out_features:
-            raise ValueError(f"adapter.targets: mora adapts square layers only (in == out, e.g. q_proj/o_proj); "
-                             f"'{name}' is {base.in_features} -> {base.out_features}")
+            raise ValueError(
+                f"adapter.targets: mora adapts square layers only (in == out, e.g. q_proj/o_proj); "
+                f"'{name}' is {base.in_features} -> {base.out_features}"
+            )
         super().__init__(base, cfg, ctx, depth, name)
         self.shared = shared
         self.tower = shared.tower_of(name)
@@ -136,8 +151,9 @@ class MoRALinear(LowRankLinear, name="mora"):
     @classmethod
     def check_config(cls, cfg: AdapterConfig) -> None:
         if len(cfg.scope) < 2:
-            raise ValueError(f"adapter.scope: mora needs at least two towers (e.g. [vision, audio, llm]), "
-                             f"got {cfg.scope}")
+            raise ValueError(
+                f"adapter.scope: mora needs at least two towers (e.g. [vision, audio, llm]), got {cfg.scope}"
+            )
 
     @classmethod
     def prepare_merge(cls, model: nn.Module, state: Mapping[str, torch.Tensor], dtype: torch.dtype) -> None:
@@ -175,8 +191,9 @@ class MoRALinear(LowRankLinear, name="mora"):
         s_own, g_other = self._coupling()
         v_spec = w0 + self.scaling * (self.lora_B @ self.lora_A)
         v_shared = w0 + self.scaling * (s_own.t() @ g_other @ s_own)
-        return (self.alpha_tower / torch.linalg.norm(v_spec)) * v_spec \
-            + (self.alpha_shared / torch.linalg.norm(v_shared)) * v_shared
+        return (self.alpha_tower / torch.linalg.norm(v_spec)) * v_spec + (
+            self.alpha_shared / torch.linalg.norm(v_shared)
+        ) * v_shared
 
     def delta_weight(self) -> torch.Tensor:
         return self.merged_weight() - self.base_layer.weight

@@ -14,6 +14,7 @@ from pipeline.adapters.config import AdapterConfig
 from pipeline.adapters.core import MultiLowRankLinear
 from pipeline.modality import MODALITIES, ModalityContext, modality_onehot
 
+
 class UniModalLoRALinear(MultiLowRankLinear, name="unimodal_lora"):
     """A_m = lora_A[m], B_m = lora_B[:, m]; every token computes all three u_m and keeps its own (no gather/scatter,
     which would need data-dependent shapes)."""

@@ -1,1 +1,1 @@
-"""Adapter comparison grids: `runner` trains, merges and evaluates each cell; `table` reads the cells back into tables."""
+"""Adapter comparison grids: `runner` trains, merges and evaluates each cell; `table` reads the cells back."""

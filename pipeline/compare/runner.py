@@ -39,7 +39,9 @@ TRAIN_MISSING = {"complete": None, "audio": "audio", "visual": "visual", "mixed"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="launch/compare.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="launch/compare.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", type=Path, required=True, help="the stage-2 config YAML (the shared recipe)")
     parser.add_argument("--stage1-run", type=Path, required=True, help="finished stage-1 run directory")
     parser.add_argument("--adapters", required=True, help="comma-separated registered adapter names")
@@ -54,8 +56,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-new-tokens", type=int, default=8, help="eval generation length")
     parser.add_argument("--train-missing", help="comma-separated train conditions: complete, audio, visual, mixed")
     parser.add_argument("--missing-rate", type=float, help="η of the train conditions and of the mixed test condition")
-    parser.add_argument("--missing-fill", choices=("drop", "placeholder"),
-                        help="how a lost modality is fed, in training and eval (default: drop)")
+    parser.add_argument(
+        "--missing-fill",
+        choices=("drop", "placeholder"),
+        help="how a lost modality is fed, in training and eval (default: drop)",
+    )
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the stage-2 config")
     return parser.parse_args(argv)
 
@@ -85,15 +90,27 @@ def missing_overrides(args: argparse.Namespace, train: str | None) -> list[str]:
     if train == "complete":
         return ["missing.rate=0"]
     mixed = ["missing.both_ratio=0.5"] if train == "mixed" else []
-    return [f"missing.rate={args.missing_rate}", f"missing.type={TRAIN_MISSING[train]}", *mixed,
-            f"missing.fill={args.missing_fill}"]
+    return [
+        f"missing.rate={args.missing_rate}",
+        f"missing.type={TRAIN_MISSING[train]}",
+        *mixed,
+        f"missing.fill={args.missing_fill}",
+    ]
 
 
-def cell_overrides(args: argparse.Namespace, cell: Path, adapter: str, seed: int, train: str | None = None) \
-        -> list[str]:
+def cell_overrides(
+    args: argparse.Namespace, cell: Path, adapter: str, seed: int, train: str | None = None
+) -> list[str]:
     """The recipe plus what differs per cell."""
-    return [*args.overrides, *missing_overrides(args, train), f"adapter.name={adapter}", f"seed={seed}",
-            f"stage1_run={args.stage1_run}", f"output_dir={cell / 'run'}", "resume=auto"]
+    return [
+        *args.overrides,
+        *missing_overrides(args, train),
+        f"adapter.name={adapter}",
+        f"seed={seed}",
+        f"stage1_run={args.stage1_run}",
+        f"output_dir={cell / 'run'}",
+        "resume=auto",
+    ]
 
 
 def check_missing(args: argparse.Namespace) -> list[str | None]:
@@ -129,8 +146,8 @@ def check_inputs(args: argparse.Namespace) -> tuple[list[str], list[str | None],
     from pipeline.data.plan import resolve_all
     from pipeline.eval import BENCHMARKS
     from pipeline.eval.grid import grid_conditions
-    from pipeline.train.config import RunConfig
     from pipeline.rundir import RunDir
+    from pipeline.train.config import RunConfig
     from pipeline.train.stages import check_stage1_run
 
     unknown = [a for a in adapters if a not in ADAPTERS]
@@ -142,8 +159,9 @@ def check_inputs(args: argparse.Namespace) -> tuple[list[str], list[str | None],
         raise ValueError(f"--stage1-run: {args.stage1_run} is not a run directory (no config.yaml)")
     check_stage1_run(args.stage1_run)
     for train in trains:  # each train condition's recipe loads and validates
-        cfg = load_config(RunConfig, args.config, cell_overrides(args, args.out / "check", adapters[0], seeds[0],
-                                                                 train))
+        cfg = load_config(
+            RunConfig, args.config, cell_overrides(args, args.out / "check", adapters[0], seeds[0], train)
+        )
     if cfg.stage != 2:
         raise ValueError(f"--config: {args.config} is a stage-{cfg.stage} config; the comparison runs stage 2")
     resolve_all(cfg.data)
@@ -166,8 +184,10 @@ def check_finished_run(args: argparse.Namespace, cell: Path, adapter: str, seed:
     saved = yaml.safe_load(RunDir(cell / "run").config.read_text())
     differ = sorted(_diff(wanted, saved))
     if differ:
-        raise ValueError(f"{cell}: finished with a different recipe ({differ[0]}); pass other overrides, a new --out, "
-                         f"or delete the cell")
+        raise ValueError(
+            f"{cell}: finished with a different recipe ({differ[0]}); pass other overrides, a new --out, "
+            f"or delete the cell"
+        )
 
 
 def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -182,9 +202,17 @@ def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
 
 
 def train(args: argparse.Namespace, cell: Path, adapter: str, seed: int, condition: str | None) -> None:
-    cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(args.nproc),
-           "--master_port", str(free_port()), str(REPO / "launch" / "train.py"), "--config", str(args.config),
-           *cell_overrides(args, cell, adapter, seed, condition)]
+    cmd = [
+        str(Path(sys.executable).parent / "deepspeed"),
+        "--num_gpus",
+        str(args.nproc),
+        "--master_port",
+        str(free_port()),
+        str(REPO / "launch" / "train.py"),
+        "--config",
+        str(args.config),
+        *cell_overrides(args, cell, adapter, seed, condition),
+    ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     log = cell / "train.log"
     with log.open("a") as sink:
@@ -209,11 +237,29 @@ def evaluate(args: argparse.Namespace, cell: Path) -> None:
     tmp = cell / "eval.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     media = ["--media-root", str(args.media_root)] if args.media_root else []
-    grid = ["--missing-grid", "--missing-rate", str(args.missing_rate), "--missing-fill", args.missing_fill] \
-        if args.train_missing else []
-    code = eval_main(["--model", str(cell / "merged"), "--bench", args.bench, "--data", str(args.data), *media,
-                      "--out", str(tmp), "--batch-size", str(args.batch_size),
-                      "--max-new-tokens", str(args.max_new_tokens), *grid])
+    grid = (
+        ["--missing-grid", "--missing-rate", str(args.missing_rate), "--missing-fill", args.missing_fill]
+        if args.train_missing
+        else []
+    )
+    code = eval_main(
+        [
+            "--model",
+            str(cell / "merged"),
+            "--bench",
+            args.bench,
+            "--data",
+            str(args.data),
+            *media,
+            "--out",
+            str(tmp),
+            "--batch-size",
+            str(args.batch_size),
+            "--max-new-tokens",
+            str(args.max_new_tokens),
+            *grid,
+        ]
+    )
     if code != 0:
         raise SystemExit(f"{cell.name}: eval failed (exit {code})")
     tmp.rename(cell / "eval")
@@ -235,8 +281,10 @@ def run_cell(args: argparse.Namespace, cell: Path, adapter: str, seed: int, trai
     manifest = cell / "merged" / MERGE_MANIFEST
     if manifest.is_file():
         if json.loads(manifest.read_text())["merged"] == keep:
-            raise ValueError(f"{cell / 'merged'}: was {'merged' if keep else 'saved with the adapter kept'}, which "
-                             f"this run's --keep-adapters contradicts; delete it to redo the merge and eval")
+            raise ValueError(
+                f"{cell / 'merged'}: was {'merged' if keep else 'saved with the adapter kept'}, which "
+                f"this run's --keep-adapters contradicts; delete it to redo the merge and eval"
+            )
     else:
         print(f"== {cell.name}: {'save with the adapter kept' if keep else 'merge'}", flush=True)
         merge_run(cell / "run", cell / "merged", keep_adapters=keep)
@@ -290,4 +338,3 @@ def main(argv: list[str] | None = None) -> int:
         compare.write_grid_csv(grid_rows, args.out / "comparison_missing.csv")
         print(f"\n{table}\nwrote {args.out / 'comparison_missing.md'} and {args.out / 'comparison_missing.csv'}")
     return 0
-

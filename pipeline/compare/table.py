@@ -47,7 +47,7 @@ class Cell:
 class Row:
     adapter: str
     seeds: list[int]
-    metrics: dict[str, tuple[float, float | None]]      # mean, sample std (None for one seed)
+    metrics: dict[str, tuple[float, float | None]]  # mean, sample std (None for one seed)
     trainable: int
     adapter_params: int
     step_time: float
@@ -90,10 +90,16 @@ def read_cell(cell: Path, adapter: str, seed: int) -> Cell:
     dominance = [r["nontext_dominance"] for r in rows if "nontext_dominance" in r]
     trainable, adapter_params = count_params(run / "final" / "trainables.safetensors")
     result = json.loads((cell / "eval" / "metrics.json").read_text())
-    return Cell(adapter=adapter, seed=seed, metrics=flatten(result["metrics"]["complete"]), trainable=trainable,
-                adapter_params=adapter_params, step_times=[batch / r["samples_per_s"] for r in rows],
-                merged=json.loads((cell / "merged" / "merge.json").read_text())["merged"],
-                dominance=dominance[-1] if dominance else None)
+    return Cell(
+        adapter=adapter,
+        seed=seed,
+        metrics=flatten(result["metrics"]["complete"]),
+        trainable=trainable,
+        adapter_params=adapter_params,
+        step_times=[batch / r["samples_per_s"] for r in rows],
+        merged=json.loads((cell / "merged" / "merge.json").read_text())["merged"],
+        dominance=dominance[-1] if dominance else None,
+    )
 
 
 def _mean_std(values: list[float]) -> tuple[float, float | None]:
@@ -107,12 +113,18 @@ def aggregate(cells: list[Cell]) -> list[Row]:
         mine = [c for c in cells if c.adapter == adapter]
         names = list(dict.fromkeys(k for c in mine for k in c.metrics))
         dominance = [c.dominance for c in mine if c.dominance is not None]
-        rows.append(Row(
-            adapter=adapter, seeds=[c.seed for c in mine],
-            metrics={k: _mean_std([c.metrics[k] for c in mine if k in c.metrics]) for k in names},
-            trainable=mine[0].trainable, adapter_params=mine[0].adapter_params,
-            step_time=statistics.median(t for c in mine for t in c.step_times),
-            merged=all(c.merged for c in mine), dominance=_mean_std(dominance) if dominance else None))
+        rows.append(
+            Row(
+                adapter=adapter,
+                seeds=[c.seed for c in mine],
+                metrics={k: _mean_std([c.metrics[k] for c in mine if k in c.metrics]) for k in names},
+                trainable=mine[0].trainable,
+                adapter_params=mine[0].adapter_params,
+                step_time=statistics.median(t for c in mine for t in c.step_times),
+                merged=all(c.merged for c in mine),
+                dominance=_mean_std(dominance) if dominance else None,
+            )
+        )
     return rows
 
 
@@ -126,14 +138,28 @@ def _fmt(stat: tuple[float, float | None] | None, scale: float) -> str:
 def markdown(rows: list[Row], bench: str, points: frozenset[str] = frozenset()) -> str:
     """The table with percentages (fractions × 100; metrics named in `points` are shown as they are)."""
     names = list(dict.fromkeys(k for r in rows for k in r.metrics))
-    head = ["adapter", "seeds", *[f"{bench} {k}" for k in names], "trainable params", "adapter params",
-            "step time (s, median)", "merged", "non-text dominance (%)"]
+    head = [
+        "adapter",
+        "seeds",
+        *[f"{bench} {k}" for k in names],
+        "trainable params",
+        "adapter params",
+        "step time (s, median)",
+        "merged",
+        "non-text dominance (%)",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
     for r in rows:
-        cells = [r.adapter, ",".join(map(str, r.seeds)),
-                 *[_fmt(r.metrics.get(k), 1 if k.split(".")[-1] in points else 100) for k in names],
-                 f"{r.trainable:,}", f"{r.adapter_params:,}", f"{r.step_time:.2f}", "yes" if r.merged else "no",
-                 _fmt(r.dominance, 100)]
+        cells = [
+            r.adapter,
+            ",".join(map(str, r.seeds)),
+            *[_fmt(r.metrics.get(k), 1 if k.split(".")[-1] in points else 100) for k in names],
+            f"{r.trainable:,}",
+            f"{r.adapter_params:,}",
+            f"{r.step_time:.2f}",
+            "yes" if r.merged else "no",
+            _fmt(r.dominance, 100),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -141,17 +167,35 @@ def markdown(rows: list[Row], bench: str, points: frozenset[str] = frozenset()) 
 def write_csv(rows: list[Row], path: Path) -> None:
     """Raw values (metric fractions as in metrics.json), a mean and a std column per metric; empty std for one seed."""
     names = list(dict.fromkeys(k for r in rows for k in r.metrics))
-    head = ["adapter", "seeds", *[f"{k}_{s}" for k in names for s in ("mean", "std")], "trainable_params",
-            "adapter_params", "step_time_s_median", "merged", "nontext_dominance_mean", "nontext_dominance_std"]
+    head = [
+        "adapter",
+        "seeds",
+        *[f"{k}_{s}" for k in names for s in ("mean", "std")],
+        "trainable_params",
+        "adapter_params",
+        "step_time_s_median",
+        "merged",
+        "nontext_dominance_mean",
+        "nontext_dominance_std",
+    ]
     with path.open("w", newline="") as f:
         out = csv.writer(f)
         out.writerow(head)
         for r in rows:
             stats = [v for k in names for v in r.metrics.get(k, (None, None))]
             dom = r.dominance or (None, None)
-            out.writerow([r.adapter, " ".join(map(str, r.seeds)), *["" if v is None else v for v in stats],
-                          r.trainable, r.adapter_params, r.step_time, r.merged,
-                          *["" if v is None else v for v in dom]])
+            out.writerow(
+                [
+                    r.adapter,
+                    " ".join(map(str, r.seeds)),
+                    *["" if v is None else v for v in stats],
+                    r.trainable,
+                    r.adapter_params,
+                    r.step_time,
+                    r.merged,
+                    *["" if v is None else v for v in dom],
+                ]
+            )
 
 
 @dataclass
@@ -159,10 +203,10 @@ class GridCell:
     """One cell of a `--train-missing` grid: its eval/metrics.json from `launch/eval.py --missing-grid`."""
 
     adapter: str
-    train: str                          # the train condition as the checkpoint's merge.json records it
+    train: str  # the train condition as the checkpoint's merge.json records it
     seed: int
-    headline: dict[str, float]          # test condition -> the benchmark's headline metric
-    drop: dict[str, float | None]       # test condition (not complete) -> relative drop of the headline
+    headline: dict[str, float]  # test condition -> the benchmark's headline metric
+    drop: dict[str, float | None]  # test condition (not complete) -> relative drop of the headline
 
 
 @dataclass
@@ -171,13 +215,18 @@ class GridRow:
     train: str
     seeds: list[int]
     headline: dict[str, tuple[float, float | None]]
-    drop: dict[str, tuple[float, float | None] | None]    # None: no seed has a drop (complete scored 0)
+    drop: dict[str, tuple[float, float | None] | None]  # None: no seed has a drop (complete scored 0)
 
 
 def read_grid_cell(cell: Path, adapter: str, seed: int) -> GridCell:
     result = json.loads((cell / "eval" / "metrics.json").read_text())
-    return GridCell(adapter=adapter, train=result["train_condition"], seed=seed, headline=result["headline"],
-                    drop=result["headline_drop"])
+    return GridCell(
+        adapter=adapter,
+        train=result["train_condition"],
+        seed=seed,
+        headline=result["headline"],
+        drop=result["headline_drop"],
+    )
 
 
 def aggregate_grid(cells: list[GridCell]) -> list[GridRow]:
@@ -188,9 +237,15 @@ def aggregate_grid(cells: list[GridCell]) -> list[GridRow]:
         mine = [c for c in cells if (c.adapter, c.train) == (adapter, train)]
         tests = list(dict.fromkeys(t for c in mine for t in c.headline))
         drops = {t: [c.drop[t] for c in mine if c.drop.get(t) is not None] for t in tests if t != "complete"}
-        rows.append(GridRow(adapter=adapter, train=train, seeds=[c.seed for c in mine],
-                            headline={t: _mean_std([c.headline[t] for c in mine if t in c.headline]) for t in tests},
-                            drop={t: _mean_std(v) if v else None for t, v in drops.items()}))
+        rows.append(
+            GridRow(
+                adapter=adapter,
+                train=train,
+                seeds=[c.seed for c in mine],
+                headline={t: _mean_std([c.headline[t] for c in mine if t in c.headline]) for t in tests},
+                drop={t: _mean_std(v) if v else None for t, v in drops.items()},
+            )
+        )
     return rows
 
 
@@ -205,9 +260,13 @@ def grid_markdown(rows: list[GridRow], bench: str, scale: float = 100) -> str:
     head = ["adapter", "train condition", "seeds"]
     for t in tests:
         head += [t] if t == "complete" else [t, f"drop {t} (%)"]
-    lines = [f"{bench} headline metric per test condition (mean ± std over seeds); drop = (complete − condition) / "
-             "complete, each seed against its own complete score.", "",
-             "| " + " | ".join(head) + " |", "|---|---|---|" + "---:|" * (len(head) - 3)]
+    lines = [
+        f"{bench} headline metric per test condition (mean ± std over seeds); drop = (complete − condition) / "
+        "complete, each seed against its own complete score.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|---|---|---|" + "---:|" * (len(head) - 3),
+    ]
     for r in rows:
         cells = [r.adapter, r.train, ",".join(map(str, r.seeds))]
         for t in tests:
@@ -224,8 +283,9 @@ def write_grid_csv(rows: list[GridRow], path: Path) -> None:
     stats = [(t, "headline") for t in tests] + [(t, "drop") for t in tests if t != "complete"]
     with path.open("w", newline="") as f:
         out = csv.writer(f)
-        out.writerow(["adapter", "train_condition", "seeds",
-                      *[f"{t}_{kind}_{s}" for t, kind in stats for s in ("mean", "std")]])
+        out.writerow(
+            ["adapter", "train_condition", "seeds", *[f"{t}_{kind}_{s}" for t, kind in stats for s in ("mean", "std")]]
+        )
         for r in rows:
             values = [v for t, kind in stats for v in (getattr(r, kind).get(t) or (None, None))]
             out.writerow([r.adapter, r.train, " ".join(map(str, r.seeds)), *["" if v is None else v for v in values]])

@@ -22,7 +22,7 @@ class SourceConfig:
 @dataclass
 class DataConfig:
     sources: list[SourceConfig] = field(default_factory=list)
-    root: str = ""                  # relative `sources[].shards` are taken under this directory
+    root: str = ""  # relative `sources[].shards` are taken under this directory
     num_frames: int = 8
     shuffle_buffer: int = 256
     seed: int = 0

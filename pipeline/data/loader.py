@@ -27,10 +27,10 @@ from collections.abc import Iterator
 import torch
 
 from pipeline.data.config import DataConfig
-from pipeline.media import warm_up
 from pipeline.data.missing import MissingConfig
 from pipeline.data.plan import EpochPlan, epoch_plan, resolve_all
 from pipeline.data.stream import Processor, WorkerStream
+from pipeline.media import warm_up
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +55,14 @@ class ShardLoader:
     With `missing` (see `pipeline.data.missing`), `missing` counts the samples handed out without audio or visual.
     """
 
-    def __init__(self, cfg: DataConfig, processor: Processor, rank: int | None = None,
-                 world_size: int | None = None, missing: MissingConfig | None = None) -> None:
+    def __init__(
+        self,
+        cfg: DataConfig,
+        processor: Processor,
+        rank: int | None = None,
+        world_size: int | None = None,
+        missing: MissingConfig | None = None,
+    ) -> None:
         cfg.validate()
         if missing is not None:
             missing.validate()
@@ -93,10 +99,12 @@ class ShardLoader:
 
     def __iter__(self) -> Iterator[dict]:
         plan = self.plan()
-        stream = WorkerStream(self.cfg, plan, self.rank, self.epoch, self.processor, dict(self.workers),
-                              self.missing_cfg)
-        loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=self.cfg.num_workers,
-                                             collate_fn=_identity)
+        stream = WorkerStream(
+            self.cfg, plan, self.rank, self.epoch, self.processor, dict(self.workers), self.missing_cfg
+        )
+        loader = torch.utils.data.DataLoader(
+            stream, batch_size=None, num_workers=self.cfg.num_workers, collate_fn=_identity
+        )
         for item in loader:
             self.skipped.update(item["skipped"])
             self.missing.update(item["missing"])
@@ -116,21 +124,33 @@ class ShardLoader:
         shards = [[os.path.basename(s.path), s.samples] for src in self.shards for s in src]
         sources = [[s.weight, s.repeat] for s in self.cfg.sources]
         digest = hashlib.sha1(json.dumps([shards, sources]).encode()).hexdigest()[:16]
-        return {"world_size": self.world_size, "num_workers": self.cfg.num_workers, "seed": self.cfg.seed,
-                "micro_batch_size": self.cfg.micro_batch_size, "shuffle_buffer": self.cfg.shuffle_buffer,
-                "num_frames": self.cfg.num_frames, "shards": digest,
-                "missing": list(dataclasses.astuple(self.missing_cfg)) if self.missing_cfg else None}
+        return {
+            "world_size": self.world_size,
+            "num_workers": self.cfg.num_workers,
+            "seed": self.cfg.seed,
+            "micro_batch_size": self.cfg.micro_batch_size,
+            "shuffle_buffer": self.cfg.shuffle_buffer,
+            "num_frames": self.cfg.num_frames,
+            "shards": digest,
+            "missing": list(dataclasses.astuple(self.missing_cfg)) if self.missing_cfg else None,
+        }
 
     def state_dict(self) -> dict:
         """Position after the last batch handed out (json-serialisable)."""
-        return {"epoch": self.epoch, "step": self.step, "workers": {str(w): s for w, s in self.workers.items()},
-                "fingerprint": self._fingerprint()}
+        return {
+            "epoch": self.epoch,
+            "step": self.step,
+            "workers": {str(w): s for w, s in self.workers.items()},
+            "fingerprint": self._fingerprint(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         mine = self._fingerprint()
         for key, value in state.get("fingerprint", {}).items():
             if mine.get(key) != value:
-                raise ValueError(f"data state: '{key}' was {value!r} when saved but is {mine.get(key)!r} now; "
-                                 "exact resume needs the same shards and data settings")
+                raise ValueError(
+                    f"data state: '{key}' was {value!r} when saved but is {mine.get(key)!r} now; "
+                    "exact resume needs the same shards and data settings"
+                )
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.workers = {int(w): dict(s) for w, s in state["workers"].items()}

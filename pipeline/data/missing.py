@@ -28,10 +28,10 @@ MODALITY_TAGS = {"visual": ("<image>", "<video>"), "audio": ("<audio>",)}
 
 @dataclass
 class MissingConfig:
-    rate: float = 0.0               # η: share of samples that lose a modality (0: every sample complete)
-    type: str = "audio"             # audio | visual | both
-    both_ratio: float = 0.5         # type both: share of the affected samples that lose the visual input
-    fill: str = "drop"              # drop | placeholder
+    rate: float = 0.0  # η: share of samples that lose a modality (0: every sample complete)
+    type: str = "audio"  # audio | visual | both
+    both_ratio: float = 0.5  # type both: share of the affected samples that lose the visual input
+    fill: str = "drop"  # drop | placeholder
     seed: int = 0
 
     def validate(self) -> None:
@@ -75,13 +75,21 @@ def remove_modality(sample: AVSample, modality: str, fill: str) -> AVSample:
         changed = {"audio": audio}
     else:
         video = sample.video
-        changed = {"images": [] if fill == "drop" else [Image.new("RGB", img.size) if isinstance(img, Image.Image)
-                                                         else np.zeros_like(img) for img in sample.images],
-                   "video": None if fill == "drop" or video is None else np.zeros_like(video)}
+        changed = {
+            "images": []
+            if fill == "drop"
+            else [
+                Image.new("RGB", img.size) if isinstance(img, Image.Image) else np.zeros_like(img)
+                for img in sample.images
+            ],
+            "video": None if fill == "drop" or video is None else np.zeros_like(video),
+        }
     if fill == "drop":
         pattern = re.compile("|".join(rf"{re.escape(tag)}\s*" for tag in MODALITY_TAGS[modality]))
-        changed["conversations"] = [{**turn, "value": pattern.sub("", turn["value"])}
-                                    if isinstance(turn.get("value"), str) else turn for turn in sample.conversations]
+        changed["conversations"] = [
+            {**turn, "value": pattern.sub("", turn["value"])} if isinstance(turn.get("value"), str) else turn
+            for turn in sample.conversations
+        ]
     return dataclasses.replace(sample, **changed, meta={**sample.meta, "missing": modality})
 
 

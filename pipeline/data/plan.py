@@ -54,7 +54,9 @@ def resolve(spec: str, source: int) -> list[ShardRef]:
     for tar in tars:
         known = counts.setdefault(tar.parent, _counts_in(tar.parent))
         if tar.name not in known:
-            raise ValueError(f"{tar}: not listed in any *.index.json in {tar.parent} (write shards with data_prep.shard)")
+            raise ValueError(
+                f"{tar}: not listed in any *.index.json in {tar.parent} (write shards with data_prep.shard)"
+            )
         refs.append(ShardRef(str(tar), source, known[tar.name]))
     return refs
 
@@ -62,8 +64,10 @@ def resolve(spec: str, source: int) -> list[ShardRef]:
 def resolve_all(cfg: DataConfig) -> list[list[ShardRef]]:
     if not cfg.sources:
         raise ValueError("'data.sources' must list at least one shard set")
-    return [resolve(str(Path(cfg.root).expanduser() / src.shards) if cfg.root else src.shards, i)
-            for i, src in enumerate(cfg.sources)]
+    return [
+        resolve(str(Path(cfg.root).expanduser() / src.shards) if cfg.root else src.shards, i)
+        for i, src in enumerate(cfg.sources)
+    ]
 
 
 def assign(shards: list[list[ShardRef]], repeats: list[int], seed: int, epoch: int, slots: int) -> list[list[ShardRef]]:

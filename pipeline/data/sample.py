@@ -51,8 +51,10 @@ def _document(sample: dict) -> dict:
         doc = json.loads(_bytes(sample, "json").decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CorruptSample("bad_json", f"{key}: {exc}") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("conversations"), list) or not isinstance(
-        doc.get("media"), dict
+    if (
+        not isinstance(doc, dict)
+        or not isinstance(doc.get("conversations"), list)
+        or not isinstance(doc.get("media"), dict)
     ):
         raise CorruptSample("bad_json", f"{key}: needs 'conversations' (list) and 'media' (object)")
     return doc

@@ -16,9 +16,9 @@ import torch
 import webdataset as wds
 
 from pipeline.data.config import DataConfig
-from pipeline.data.sample import CorruptSample, allowed_file, decode_sample
 from pipeline.data.missing import MissingConfig, apply_missing
 from pipeline.data.plan import EpochPlan, ShardRef
+from pipeline.data.sample import CorruptSample, allowed_file, decode_sample
 from pipeline.model.processor import AVSample
 
 Processor = Callable[[list[AVSample]], dict]
@@ -50,8 +50,16 @@ class WorkerStream(torch.utils.data.IterableDataset):
     None and only the counts since the last batch. `resume` maps worker -> {cycle, offset, batches}. With `missing`,
     samples lose a modality as `pipeline.data.missing` describes; `missing` counts them by the modality lost."""
 
-    def __init__(self, cfg: DataConfig, plan: EpochPlan, rank: int, epoch: int, processor: Processor,
-                 resume: dict[int, dict] | None = None, missing: MissingConfig | None = None) -> None:
+    def __init__(
+        self,
+        cfg: DataConfig,
+        plan: EpochPlan,
+        rank: int,
+        epoch: int,
+        processor: Processor,
+        resume: dict[int, dict] | None = None,
+        missing: MissingConfig | None = None,
+    ) -> None:
         self.cfg, self.plan, self.rank, self.epoch = cfg, plan, rank, epoch
         self.missing = missing if missing is not None and missing.rate > 0 else None
         self.encode = getattr(processor, "encode", None)
@@ -119,8 +127,16 @@ class WorkerStream(torch.utils.data.IterableDataset):
                 batch, buffer = self.collate(buffer), []
                 batches += 1
                 made += 1
-                yield {"batch": batch, "worker": worker, "cycle": cycle, "offset": pulled, "batches": batches,
-                       "skipped": dict(skipped), "missing": dict(missing), "bad_shards": list(bad)}
+                yield {
+                    "batch": batch,
+                    "worker": worker,
+                    "cycle": cycle,
+                    "offset": pulled,
+                    "batches": batches,
+                    "skipped": dict(skipped),
+                    "missing": dict(missing),
+                    "bad_shards": list(bad),
+                }
                 skipped.clear()
                 missing.clear()
                 bad.clear()
@@ -129,8 +145,15 @@ class WorkerStream(torch.utils.data.IterableDataset):
             else:
                 if made == 0 and offset == 0:  # another pass would not get further: fail loudly rather than spin
                     names = ", ".join(s.path for s in share)
-                    raise RuntimeError(f"data: rank {self.rank} worker {worker}'s shards do not hold one full batch of "
-                                       f"decodable samples ({names}); see the skip counts")
+                    raise RuntimeError(
+                        f"data: rank {self.rank} worker {worker}'s shards do not hold one full batch of "
+                        f"decodable samples ({names}); see the skip counts"
+                    )
                 cycle, offset = cycle + 1, 0
-        yield {"batch": None, "worker": worker, "skipped": dict(skipped), "missing": dict(missing),
-               "bad_shards": list(bad)}
+        yield {
+            "batch": None,
+            "worker": worker,
+            "skipped": dict(skipped),
+            "missing": dict(missing),
+            "bad_shards": list(bad),
+        }

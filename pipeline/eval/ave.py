@@ -17,8 +17,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pipeline.formats.ave import CATEGORIES, HEADER, QUESTION, SPLIT_FILES, parse_line
 from pipeline.eval.bench import BenchError, Item, check_exists, unique_phrase
+from pipeline.formats.ave import CATEGORIES, HEADER, QUESTION, SPLIT_FILES, parse_line
 
 ID_FIELDS = ("video_id",)
 MODALITIES = frozenset({"visual", "audio"})
@@ -42,9 +42,16 @@ def load(data: Path, media_root: Path | None = None) -> list[Item]:
             category, video_id, start, end = parse_line(line)
         except (LookupError, ValueError) as exc:
             raise BenchError(f"{split_file}:{n}: {exc}") from None
-        items.append(Item(fields={"video_id": video_id}, prompt=QUESTION,
-                          gold={"category": category, "start": start, "end": end}, group=video_id,
-                          video=media_root / "AVE" / f"{video_id}.mp4", soundtrack=True))
+        items.append(
+            Item(
+                fields={"video_id": video_id},
+                prompt=QUESTION,
+                gold={"category": category, "start": start, "end": end},
+                group=video_id,
+                video=media_root / "AVE" / f"{video_id}.mp4",
+                soundtrack=True,
+            )
+        )
         videos.append((items[-1].video, f"VideoID {video_id}"))
     check_exists(videos, "AVE video")
     return items

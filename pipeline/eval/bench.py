@@ -29,15 +29,15 @@ class BenchError(ValueError):
 class Item:
     """One question to ask the model: prompt without media placeholders, where its media are, and the gold."""
 
-    fields: dict                       # the prediction line's id fields, in the module's ID_FIELDS order
+    fields: dict  # the prediction line's id fields, in the module's ID_FIELDS order
     prompt: str
     gold: dict
-    group: str                         # items that share a missing-modality condition (an MMBench question, ...)
+    group: str  # items that share a missing-modality condition (an MMBench question, ...)
     image: Path | None = None
-    image_b64: str | None = None       # MMBench carries images inline
+    image_b64: str | None = None  # MMBench carries images inline
     video: Path | None = None
     audio: Path | None = None
-    soundtrack: bool = False           # audio is the video's own track (no separate file)
+    soundtrack: bool = False  # audio is the video's own track (no separate file)
 
     @property
     def key(self) -> str:
@@ -73,8 +73,12 @@ def unique_phrase(text: str, phrases: list[tuple[str, str]]) -> str | None:
 
     A match lying inside a longer match is ignored, so "more than ten" is not also "ten". Callers normalise case.
     """
-    spans = [(m.start(), m.end(), value) for phrase, value in phrases if phrase
-             for m in re.finditer(rf"(?<!\w){re.escape(phrase)}(?!\w)", text)]
+    spans = [
+        (m.start(), m.end(), value)
+        for phrase, value in phrases
+        if phrase
+        for m in re.finditer(rf"(?<!\w){re.escape(phrase)}(?!\w)", text)
+    ]
     kept = {v for s, e, v in spans if not any(s2 <= s and e <= e2 and e2 - s2 > e - s for s2, e2, _ in spans)}
     return kept.pop() if len(kept) == 1 else None
 
@@ -95,5 +99,5 @@ def assign_conditions(items: list[Item], missing: str | None, rate: float, seed:
     if missing == "visual":
         conditions.update(dict.fromkeys(order[:n], "visual-missing"))
     if missing == "both":
-        conditions.update(dict.fromkeys(order[n:2 * n], "visual-missing"))
+        conditions.update(dict.fromkeys(order[n : 2 * n], "visual-missing"))
     return conditions

@@ -52,8 +52,13 @@ def build_sample(item: Item, num_frames: int, drop: frozenset[str], fill: str = 
             data = source.read_bytes() if item.audio else _decode(source, soundtrack_wav, source.read_bytes())
             audio = _decode(source, decode_audio, data)
         tags.append("<audio>")
-    sample = AVSample(conversations=[{"from": "human", "value": "\n".join(tags + [item.prompt])}], images=images,
-                      video=video, audio=audio, meta={"id": item.key})
+    sample = AVSample(
+        conversations=[{"from": "human", "value": "\n".join(tags + [item.prompt])}],
+        images=images,
+        video=video,
+        audio=audio,
+        meta={"id": item.key},
+    )
     for modality in ("visual", "audio"):
         if modality in drop and (item.has_visual if modality == "visual" else item.has_audio):
             sample = remove_modality(sample, modality, fill)
@@ -66,16 +71,26 @@ def rank_batches(n_items: int, batch_size: int, rank: int, world: int) -> list[r
 
 
 @torch.no_grad()
-def generate(model: AVLLM, items: list[Item], conditions: dict[str, str], batch_size: int, max_new_tokens: int,
-             rank: int = 0, world: int = 1, desc: str = "eval", fill: str = "drop") -> dict[str, str]:
+def generate(
+    model: AVLLM,
+    items: list[Item],
+    conditions: dict[str, str],
+    batch_size: int,
+    max_new_tokens: int,
+    rank: int = 0,
+    world: int = 1,
+    desc: str = "eval",
+    fill: str = "drop",
+) -> dict[str, str]:
     """{item key: generated text} for this rank's batches (a progress bar on rank 0); `fill` as in build_sample."""
     processor = model.build_processor()
     device = next(model.parameters()).device
     out = {}
     for batch in tqdm(rank_batches(len(items), batch_size, rank, world), desc=desc, disable=rank != 0):
         picked = [items[i] for i in batch]
-        samples = [build_sample(item, model.config.num_frames, CONDITIONS[conditions[item.group]], fill)
-                   for item in picked]
+        samples = [
+            build_sample(item, model.config.num_frames, CONDITIONS[conditions[item.group]], fill) for item in picked
+        ]
         inputs = processor(samples, padding_side="left")
         inputs.pop("labels")
         inputs = {k: v.to(device) for k, v in inputs.items() if v is not None}

@@ -68,8 +68,13 @@ def train_condition(checkpoint: Path | None) -> str:
     return f"{kind} at η={missing['rate']:g}{share}{fill}"
 
 
-def score_grid(module: ModuleType, items: list[Item], texts: dict[str, list[str]],
-               conditions: dict[str, dict[str, str]], header: dict) -> dict:
+def score_grid(
+    module: ModuleType,
+    items: list[Item],
+    texts: dict[str, list[str]],
+    conditions: dict[str, dict[str, str]],
+    header: dict,
+) -> dict:
     """metrics.json of a grid run: `header` (benchmark, train condition, η, fill, seed) plus, per test condition,
     its items, metrics, headline and (conditions other than complete) relative drops."""
     result = {**header, "items": {}, "metrics": {}, "headline": {}, "relative_drop": {}, "headline_drop": {}}
@@ -100,13 +105,22 @@ def markdown(result: dict, points: frozenset[str] = frozenset()) -> str:
     head = ["test condition", "n", *[f"{k}{' %' if units[k] else ''}" for k in names], "headline drop %"]
     lost = result.get("mixed_lost", {})
     labels = {"mixed": f"mixed η={result['missing_rate']:g} (audio {lost.get('audio')}, visual {lost.get('visual')})"}
-    lines = [f"## {result['benchmark']}: trained {result['train_condition']}, tested under missing modalities", "",
-             f"Fill: {result['fill']}. Headline drop: (complete − condition) / complete of the benchmark's headline "
-             "metric.", "", "| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    lines = [
+        f"## {result['benchmark']}: trained {result['train_condition']}, tested under missing modalities",
+        "",
+        f"Fill: {result['fill']}. Headline drop: (complete − condition) / complete of the benchmark's headline metric.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|---|" + "---:|" * (len(head) - 1),
+    ]
     for test, flat in columns.items():
         drop = result["headline_drop"].get(test)
-        cells = [labels.get(test, test), str(result["items"][test]), *[_cell(flat.get(k), units[k]) for k in names],
-                 "—" if test == "complete" else _cell(drop, True)]
+        cells = [
+            labels.get(test, test),
+            str(result["items"][test]),
+            *[_cell(flat.get(k), units[k]) for k in names],
+            "—" if test == "complete" else _cell(drop, True),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -72,10 +72,10 @@ def load(data: Path, media_root: Path | None = None) -> list[Item]:
             if text is None:
                 break
             options.append(text)
-        if len(options) < 2 or any(_cell(row, letter) for letter in LETTERS[len(options):]):
+        if len(options) < 2 or any(_cell(row, letter) for letter in LETTERS[len(options) :]):
             raise BenchError(f"{where}: options must fill A, B, ... without gaps (found {len(options)})")
         answer = _cell(row, "answer")
-        if answer is None or answer not in LETTERS[:len(options)]:
+        if answer is None or answer not in LETTERS[: len(options)]:
             raise BenchError(f"{where}: answer {answer!r} is not one of its option letters")
         image = _cell(row, "image")
         if image is not None and image.isdigit() and len(image) <= 64:
@@ -85,14 +85,20 @@ def load(data: Path, media_root: Path | None = None) -> list[Item]:
         n, gold = len(options), LETTERS.index(answer)
         for k in range(n):
             rotated = [options[(i + k) % n] for i in range(n)]
-            items.append(Item(
-                fields={"index": int(index) if index.isdigit() else index, "round": k},
-                prompt=prompt(row["question"].strip(), _cell(row, "hint"), rotated),
-                gold={"answer": LETTERS[(gold - k) % n], "options": rotated, "category": row["category"],
-                      "l2_category": row["l2-category"]},
-                group=index,
-                image_b64=image,
-            ))
+            items.append(
+                Item(
+                    fields={"index": int(index) if index.isdigit() else index, "round": k},
+                    prompt=prompt(row["question"].strip(), _cell(row, "hint"), rotated),
+                    gold={
+                        "answer": LETTERS[(gold - k) % n],
+                        "options": rotated,
+                        "category": row["category"],
+                        "l2_category": row["l2-category"],
+                    },
+                    group=index,
+                    image_b64=image,
+                )
+            )
     return items
 
 
@@ -103,7 +109,7 @@ def _single(found: set[str]) -> tuple[bool, str | None]:
 
 def extract(text: str, options: list[str]) -> str | None:
     """The option letter an output names, or None (see the module docstring for the rules and their order)."""
-    letters = LETTERS[:len(options)]
+    letters = LETTERS[: len(options)]
     tokens = text.split()
     stop, letter = _single({t for t in tokens if t in letters})
     if stop:

@@ -65,9 +65,15 @@ def load(data: Path, media_root: Path | None = None) -> list[Item]:
                     raise BenchError(f"{txt}:{n}: expected 'question<TAB>answer' or 'image<TAB>question<TAB>answer'")
                 if answer.strip().lower() not in ("yes", "no"):
                     raise BenchError(f"{txt}:{n}: answer must be yes or no, got {answer!r}")
-                items.append(Item(fields={"question_id": f"{task}/{image}/{len(items)}"}, prompt=question.strip(),
-                                  gold={"task": task, "answer": answer.strip().lower()},
-                                  group=f"{task}/{image}", image=image_dir / image))
+                items.append(
+                    Item(
+                        fields={"question_id": f"{task}/{image}/{len(items)}"},
+                        prompt=question.strip(),
+                        gold={"task": task, "answer": answer.strip().lower()},
+                        group=f"{task}/{image}",
+                        image=image_dir / image,
+                    )
+                )
                 images.append((image_dir / image, f"{txt.name} line {n}"))
     check_exists(images, "MME image")
     return items

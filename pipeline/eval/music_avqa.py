@@ -20,22 +20,59 @@ import string
 from collections import defaultdict
 from pathlib import Path
 
-from pipeline.formats.music_avqa import parse_entry
 from pipeline.eval.bench import BenchError, Item, check_exists, unique_phrase
+from pipeline.formats.music_avqa import parse_entry
 
 ID_FIELDS = ("question_id",)
 MODALITIES = frozenset({"visual", "audio"})
 POINT_METRICS: frozenset[str] = frozenset()
 NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 OFFICIAL_ANSWERS = (
-    "accordion", "acoustic_guitar", "bagpipe", "banjo", "bassoon", "cello", "clarinet", "congas", "drum",
-    "electric_bass", "erhu", "flute", "guzheng", "piano", "pipa", "saxophone", "suona", "trumpet", "tuba", "ukulele",
-    "violin", "xylophone", "indoor", "outdoor", "left", "middle", "right", "simultaneously", "yes", "no",
-    "more than ten", *NUMBERS,
+    "accordion",
+    "acoustic_guitar",
+    "bagpipe",
+    "banjo",
+    "bassoon",
+    "cello",
+    "clarinet",
+    "congas",
+    "drum",
+    "electric_bass",
+    "erhu",
+    "flute",
+    "guzheng",
+    "piano",
+    "pipa",
+    "saxophone",
+    "suona",
+    "trumpet",
+    "tuba",
+    "ukulele",
+    "violin",
+    "xylophone",
+    "indoor",
+    "outdoor",
+    "left",
+    "middle",
+    "right",
+    "simultaneously",
+    "yes",
+    "no",
+    "more than ten",
+    *NUMBERS,
 )
 GROUPS = ("Audio", "Visual", "Audio-Visual")
-SUBTYPES = ("Audio/Counting", "Audio/Comparative", "Visual/Counting", "Visual/Location", "Audio-Visual/Existential",
-            "Audio-Visual/Counting", "Audio-Visual/Location", "Audio-Visual/Comparative", "Audio-Visual/Temporal")
+SUBTYPES = (
+    "Audio/Counting",
+    "Audio/Comparative",
+    "Visual/Counting",
+    "Visual/Location",
+    "Audio-Visual/Existential",
+    "Audio-Visual/Counting",
+    "Audio-Visual/Location",
+    "Audio-Visual/Comparative",
+    "Audio-Visual/Temporal",
+)
 ANSWER_SPAN = re.compile(r"<answer>(.*?)</answer>", re.IGNORECASE | re.DOTALL)
 PUNCTUATION = str.maketrans({c: " " for c in string.punctuation})
 
@@ -70,10 +107,17 @@ def load(data: Path, media_root: Path | None = None) -> list[Item]:
         except (LookupError, ValueError, TypeError, AttributeError) as exc:
             raise BenchError(f"{data}: question_id {qid}: {exc}") from None
         audio = media_root / "audio" / f"{video_id}.wav"
-        items.append(Item(fields={"question_id": qid}, prompt=question,
-                          gold={"answer": answer, "group": group, "subtype": f"{group}/{kind}"},
-                          group=str(qid), video=media_root / "videos" / f"{video_id}.mp4",
-                          audio=audio if audio.is_file() else None, soundtrack=not audio.is_file()))
+        items.append(
+            Item(
+                fields={"question_id": qid},
+                prompt=question,
+                gold={"answer": answer, "group": group, "subtype": f"{group}/{kind}"},
+                group=str(qid),
+                video=media_root / "videos" / f"{video_id}.mp4",
+                audio=audio if audio.is_file() else None,
+                soundtrack=not audio.is_file(),
+            )
+        )
         videos.append((items[-1].video, f"question_id {qid}"))
     check_exists(videos, "MUSIC-AVQA video")
     return items

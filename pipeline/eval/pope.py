@@ -53,8 +53,15 @@ def load(data: Path, media_root: Path | None = None) -> list[Item]:
             if str(label).lower() not in ("yes", "no"):
                 raise BenchError(f"{path}:{n}: label must be yes or no, got {label!r}")
             fields = {"split": split, "question_id": qid}
-            items.append(Item(fields=fields, prompt=text + INSTRUCTION, gold={"label": str(label).lower()},
-                              group=f"{split}|{qid}", image=media_root / image))
+            items.append(
+                Item(
+                    fields=fields,
+                    prompt=text + INSTRUCTION,
+                    gold={"label": str(label).lower()},
+                    group=f"{split}|{qid}",
+                    image=media_root / image,
+                )
+            )
             images.append((media_root / image, f"{path.name} question_id {qid}"))
     check_exists(images, "POPE image")
     return items
@@ -77,8 +84,7 @@ def binary_metrics(pred: list[str], gold: list[str]) -> dict[str, float]:
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     n = max(len(gold), 1)
-    return {"accuracy": (tp + tn) / n, "precision": precision, "recall": recall, "f1": f1,
-            "yes_ratio": (tp + fp) / n}
+    return {"accuracy": (tp + tn) / n, "precision": precision, "recall": recall, "f1": f1, "yes_ratio": (tp + fp) / n}
 
 
 def score(items: list[Item], texts: list[str]) -> dict:

@@ -68,8 +68,9 @@ def read_predictions(path: Path, items: list[Item], id_fields: tuple[str, ...]) 
     return [found[item.key][0] for item in items], conditions
 
 
-def score_conditions(name: str, module: ModuleType, items: list[Item], texts: list[str],
-                     conditions: dict[str, str]) -> dict:
+def score_conditions(
+    name: str, module: ModuleType, items: list[Item], texts: list[str], conditions: dict[str, str]
+) -> dict:
     """Metrics of each condition present, scored on that condition's items alone."""
     result: dict = {"benchmark": name, "items": {}, "metrics": {}}
     for condition in CONDITIONS:
@@ -96,8 +97,7 @@ def markdown(result: dict, points: frozenset[str] = frozenset()) -> str:
     columns = {c: flatten_metrics(m) for c, m in result["metrics"].items()}
     rows = list(dict.fromkeys(k for flat in columns.values() for k in flat))
     header = [f"{c} (n={result['items'][c]})" for c in columns]
-    lines = [f"## {result['benchmark']}", "", f"| metric | {' | '.join(header)} |",
-             f"|---|{'---:|' * len(columns)}"]
+    lines = [f"## {result['benchmark']}", "", f"| metric | {' | '.join(header)} |", f"|---|{'---:|' * len(columns)}"]
     for row in rows:
         unit = "" if row.rsplit("/", 1)[-1] in points else " %"
         cells = []

@@ -34,7 +34,9 @@ CONFIG_FILE = "avllm.json"  # pipeline.model.avllm.CONFIG_FILE, without importin
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="launch/eval.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="launch/eval.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--bench", required=True, choices=sorted(BENCHMARKS))
     parser.add_argument("--data", type=Path, required=True, help="the benchmark's official file or folder")
     parser.add_argument("--model", type=Path, help="checkpoint directory (AVLLM.save_pretrained / merged)")
@@ -46,8 +48,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--missing", choices=("audio", "visual", "both"), help="drop this modality for a subset")
     parser.add_argument("--missing-grid", action="store_true", help="one pass per missing-modality test condition")
     parser.add_argument("--missing-rate", type=float, help="share of questions (groups) losing it (grid: η of mixed)")
-    parser.add_argument("--missing-fill", choices=("drop", "placeholder"), default="drop",
-                        help="drop the lost modality (default) or feed a neutral input in its place")
+    parser.add_argument(
+        "--missing-fill",
+        choices=("drop", "placeholder"),
+        default="drop",
+        help="drop the lost modality (default) or feed a neutral input in its place",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the missing-modality subset")
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
     return parser.parse_args(argv)
@@ -66,10 +72,14 @@ def check_args(args: argparse.Namespace) -> None:
         if args.predictions is not None:
             raise BenchError("--missing runs the model; a predictions file carries each item's condition itself")
         if not 0 < args.missing_rate <= (0.5 if args.missing == "both" else 1):
-            raise BenchError(f"--missing-rate must be in (0, {0.5 if args.missing == 'both' else 1}], "
-                             f"got {args.missing_rate}")
-        lacking = {"audio", "visual"} - BENCHMARKS[args.bench].MODALITIES if args.missing == "both" else \
-            {args.missing} - BENCHMARKS[args.bench].MODALITIES
+            raise BenchError(
+                f"--missing-rate must be in (0, {0.5 if args.missing == 'both' else 1}], got {args.missing_rate}"
+            )
+        lacking = (
+            {"audio", "visual"} - BENCHMARKS[args.bench].MODALITIES
+            if args.missing == "both"
+            else {args.missing} - BENCHMARKS[args.bench].MODALITIES
+        )
         if lacking:
             raise BenchError(f"--missing {args.missing}: {args.bench} has no {' or '.join(sorted(lacking))} input")
     if args.model is not None and not (args.model / CONFIG_FILE).is_file():
@@ -82,8 +92,9 @@ def check_grid(args: argparse.Namespace) -> None:
     if args.predictions is not None:
         raise BenchError("--missing-grid runs the model once per test condition; it cannot score --predictions")
     if args.missing_rate is None or not 0 < args.missing_rate <= 1:
-        raise BenchError(f"--missing-grid needs --missing-rate in (0, 1] (η of the mixed condition), "
-                         f"got {args.missing_rate}")
+        raise BenchError(
+            f"--missing-grid needs --missing-rate in (0, 1] (η of the mixed condition), got {args.missing_rate}"
+        )
     if grid.grid_conditions(BENCHMARKS[args.bench].MODALITIES) == ["complete"]:
         raise BenchError(f"--missing-grid: {args.bench} has neither audio nor visual input to take away")
 
@@ -91,13 +102,16 @@ def check_grid(args: argparse.Namespace) -> None:
 def plan(args: argparse.Namespace, items: list[Item]) -> dict[str, dict[str, str]]:
     """The model's passes: {name: each group's condition}; one per test condition with --missing-grid, else one."""
     if args.missing_grid:
-        return {test: grid.item_conditions(test, items, args.missing_rate, args.seed)
-                for test in grid.grid_conditions(BENCHMARKS[args.bench].MODALITIES)}
+        return {
+            test: grid.item_conditions(test, items, args.missing_rate, args.seed)
+            for test in grid.grid_conditions(BENCHMARKS[args.bench].MODALITIES)
+        }
     return {args.bench: assign_conditions(items, args.missing, args.missing_rate or 0.0, args.seed)}
 
 
-def run_model(args: argparse.Namespace, items: list[Item], passes: dict[str, dict[str, str]]) \
-        -> dict[str, list[str]] | None:
+def run_model(
+    args: argparse.Namespace, items: list[Item], passes: dict[str, dict[str, str]]
+) -> dict[str, list[str]] | None:
     """{pass: generated texts aligned with `items`} on rank 0 (None on the other ranks); the model loads once."""
     import torch
     import torch.distributed as dist
@@ -109,13 +123,23 @@ def run_model(args: argparse.Namespace, items: list[Item], passes: dict[str, dic
     owned = world > 1 and not dist.is_initialized()  # a caller's group (several evals in one launch) is left alone
     if owned:
         dist.init_process_group("gloo")  # only Python objects are exchanged, on CPU, whatever the device
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else \
-        torch.device("cpu")
+    device = (
+        torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else torch.device("cpu")
+    )
     model = load_model(args.model).eval().to(device)
     out = {}
     for name, conditions in passes.items():
-        texts = generate(model, items, conditions, args.batch_size, args.max_new_tokens, rank, world, desc=name,
-                         fill=args.missing_fill)
+        texts = generate(
+            model,
+            items,
+            conditions,
+            args.batch_size,
+            args.max_new_tokens,
+            rank,
+            world,
+            desc=name,
+            fill=args.missing_fill,
+        )
         if world > 1:
             parts = [None] * world if rank == 0 else None
             dist.gather_object(texts, parts, dst=0)
@@ -162,14 +186,23 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def write_grid(args: argparse.Namespace, module: ModuleType, items: list[Item], outputs: dict[str, list[str]],
-               passes: dict[str, dict[str, str]]) -> int:
-    header = {"benchmark": args.bench, "train_condition": grid.train_condition(args.model),
-              "missing_rate": args.missing_rate, "fill": args.missing_fill, "seed": args.seed}
+def write_grid(
+    args: argparse.Namespace,
+    module: ModuleType,
+    items: list[Item],
+    outputs: dict[str, list[str]],
+    passes: dict[str, dict[str, str]],
+) -> int:
+    header = {
+        "benchmark": args.bench,
+        "train_condition": grid.train_condition(args.model),
+        "missing_rate": args.missing_rate,
+        "fill": args.missing_fill,
+        "seed": args.seed,
+    }
     result = grid.score_grid(module, items, outputs, passes, header)
     lines = {test: prediction_lines(items, outputs[test], passes[test]) for test in passes}
     grid.write(args.out, lines, result, module.POINT_METRICS)
     print(grid.markdown(result, module.POINT_METRICS), end="")
     print(f"wrote {args.out}/predictions-<condition>.jsonl, metrics.json, results.md")
     return 0
-

@@ -27,9 +27,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from pipeline.config import from_dict, to_dict
+from pipeline.modality import Modality, ModalityContext, modality_ids
 from pipeline.model.config import ModelConfig
 from pipeline.model.encoders import load_tower
-from pipeline.modality import Modality, ModalityContext, modality_ids
 from pipeline.model.processor import PLACEHOLDERS, AVProcessor
 from pipeline.model.projectors import build_projector, tokens_out
 
@@ -62,24 +62,34 @@ class AVLLM(nn.Module):
         self.config = cfg
         dtype = cfg.torch_dtype
         self.tokenizer = load_tokenizer(cfg)
-        self.llm = llm if llm is not None else AutoModelForCausalLM.from_pretrained(
-            cfg.llm, dtype=dtype, attn_implementation=cfg.attn_implementation)
+        self.llm = (
+            llm
+            if llm is not None
+            else AutoModelForCausalLM.from_pretrained(cfg.llm, dtype=dtype, attn_implementation=cfg.attn_implementation)
+        )
         self._add_token_rows(len(self.tokenizer))
         width = self.llm.config.get_text_config().hidden_size
         self.vision = load_tower("vision", cfg.vision, cfg) if cfg.vision else None
         self.audio = load_tower("audio", cfg.audio, cfg) if cfg.audio else None
         self.projectors = nn.ModuleDict()
-        for name, tower, kind in (("vision", self.vision, cfg.vision_projector), ("audio", self.audio, cfg.audio_projector)):
+        for name, tower, kind in (
+            ("vision", self.vision, cfg.vision_projector),
+            ("audio", self.audio, cfg.audio_projector),
+        ):
             if tower is not None:
-                self.projectors[name] = build_projector(kind, tower.hidden_size, width, cfg.qformer_queries,
-                                                        cfg.qformer_layers).to(dtype)
+                self.projectors[name] = build_projector(
+                    kind, tower.hidden_size, width, cfg.qformer_queries, cfg.qformer_layers
+                ).to(dtype)
         for module in (self.llm, self.vision, self.audio):
             if module is not None:
                 module.requires_grad_(False)
         self.media_tokens = {self.tokenizer.convert_tokens_to_ids(p): m for p, m in PLACEHOLDERS.items()}
         self.token_id = {p: self.tokenizer.convert_tokens_to_ids(p) for p in PLACEHOLDERS}
-        self.modality_contexts = {"llm": ModalityContext(Modality.TEXT), "vision": ModalityContext(Modality.VISUAL),
-                                  "audio": ModalityContext(Modality.AUDIO)}
+        self.modality_contexts = {
+            "llm": ModalityContext(Modality.TEXT),
+            "vision": ModalityContext(Modality.VISUAL),
+            "audio": ModalityContext(Modality.AUDIO),
+        }
         self.llm.get_decoder().register_forward_pre_hook(self._text_map_for_token_inputs, with_kwargs=True)
 
     # ---- construction -----------------------------------------------------------------------------------------
@@ -100,12 +110,12 @@ class AVLLM(nn.Module):
                 layer.weight[old:] = layer.weight[:old].mean(0, keepdim=True)
 
     @classmethod
-    def from_config(cls, cfg: ModelConfig) -> "AVLLM":
+    def from_config(cls, cfg: ModelConfig) -> AVLLM:
         """Compose from base checkpoints (fresh projectors): the start of stage 1."""
         return cls(cfg)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, base_only: bool = False, **overrides) -> "AVLLM":
+    def from_pretrained(cls, path: str | Path, base_only: bool = False, **overrides) -> AVLLM:
         """Load a directory written by `save_pretrained` (e.g. a merged checkpoint). A checkpoint that carries an
         unmerged adapter is refused unless `base_only` (its base model is wanted): load it with
         `pipeline.adapters.io.load_model`."""
@@ -113,8 +123,10 @@ class AVLLM(nn.Module):
         if not (path / CONFIG_FILE).is_file():
             raise FileNotFoundError(f"{path}: not an AVLLM checkpoint (no {CONFIG_FILE})")
         if (path / KEPT_ADAPTER_DIR).is_dir() and not base_only:
-            raise ValueError(f"{path}: carries an unmerged adapter ({KEPT_ADAPTER_DIR}/); load it with "
-                             "pipeline.adapters.io.load_model")
+            raise ValueError(
+                f"{path}: carries an unmerged adapter ({KEPT_ADAPTER_DIR}/); load it with "
+                "pipeline.adapters.io.load_model"
+            )
         data = json.loads((path / CONFIG_FILE).read_text())
         for key in ("llm", "vision", "audio", "tokenizer"):
             if data.get(key):
@@ -149,10 +161,12 @@ class AVLLM(nn.Module):
             image_processor=self.vision.build_preprocessor() if self.vision else None,
             audio_processor=self.audio.build_preprocessor() if self.audio else None,
             tokens_per_image=tokens_out(cfg.vision_projector, self.vision.tokens_per_item, cfg.qformer_queries)
-            if self.vision else 0,
+            if self.vision
+            else 0,
             num_frames=cfg.num_frames,
             tokens_per_window=tokens_out(cfg.audio_projector, self.audio.tokens_per_item, cfg.qformer_queries)
-            if self.audio else 0,
+            if self.audio
+            else 0,
             window_samples=int(round(cfg.audio_window_seconds * self.audio.sample_rate)) if self.audio else 0,
             max_windows=cfg.audio_max_windows,
             max_length=cfg.max_length,
@@ -176,8 +190,13 @@ class AVLLM(nn.Module):
             feats = tower(values)
         return self.projectors[name](feats)
 
-    def embed(self, input_ids: torch.Tensor, image_values: torch.Tensor | None = None,
-              video_values: torch.Tensor | None = None, audio_values: torch.Tensor | None = None) -> torch.Tensor:
+    def embed(
+        self,
+        input_ids: torch.Tensor,
+        image_values: torch.Tensor | None = None,
+        video_values: torch.Tensor | None = None,
+        audio_values: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Token embeddings with every media placeholder replaced by its projected feature vector."""
         embeds = self.llm.get_input_embeddings()(input_ids)
         parts = []
@@ -199,39 +218,63 @@ class AVLLM(nn.Module):
                 continue
             flat = feats.reshape(-1, feats.shape[-1]).to(embeds.dtype)
             if int(mask.sum()) != flat.shape[0]:
-                raise ValueError(f"{int(mask.sum())} {placeholder} tokens but {flat.shape[0]} feature vectors: "
-                                 "the processor and the model disagree on tokens per item")
+                raise ValueError(
+                    f"{int(mask.sum())} {placeholder} tokens but {flat.shape[0]} feature vectors: "
+                    "the processor and the model disagree on tokens per item"
+                )
             embeds = embeds.masked_scatter(mask.unsqueeze(-1), flat)
         for placeholder in PLACEHOLDERS:
             if not any(p == placeholder for p, _, _ in parts) and (input_ids == self.token_id[placeholder]).any():
                 raise ValueError(f"the batch has {placeholder} tokens but the model has no encoder for them")
         return embeds
 
-    def set_modality_map(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                         question_mask: torch.Tensor | None = None) -> None:
+    def set_modality_map(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, question_mask: torch.Tensor | None = None
+    ) -> None:
         self.modality_contexts["llm"].set(modality_ids(input_ids, attention_mask, self.media_tokens), question_mask)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, question_mask: torch.Tensor | None = None,
-                image_values: torch.Tensor | None = None, video_values: torch.Tensor | None = None,
-                audio_values: torch.Tensor | None = None, **llm_kwargs) -> CausalLMOutputWithPast:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        question_mask: torch.Tensor | None = None,
+        image_values: torch.Tensor | None = None,
+        video_values: torch.Tensor | None = None,
+        audio_values: torch.Tensor | None = None,
+        **llm_kwargs,
+    ) -> CausalLMOutputWithPast:
         embeds = self.embed(input_ids, image_values, video_values, audio_values)
         self.set_modality_map(input_ids, attention_mask, question_mask)
         return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **llm_kwargs)
 
     @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, question_mask: torch.Tensor | None = None,
-                 image_values: torch.Tensor | None = None, video_values: torch.Tensor | None = None,
-                 audio_values: torch.Tensor | None = None, max_new_tokens: int = 32, **gen_kwargs) -> torch.Tensor:
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        question_mask: torch.Tensor | None = None,
+        image_values: torch.Tensor | None = None,
+        video_values: torch.Tensor | None = None,
+        audio_values: torch.Tensor | None = None,
+        max_new_tokens: int = 32,
+        **gen_kwargs,
+    ) -> torch.Tensor:
         """Greedy (by default) batched generation with KV cache on a left-padded batch; returns the new tokens."""
         embeds = self.embed(input_ids, image_values, video_values, audio_values)
         self.set_modality_map(input_ids, attention_mask, question_mask)
         eos = self.llm.generation_config.eos_token_id
         eos = set(eos if isinstance(eos, list) else [eos] if eos is not None else []) | {self.tokenizer.eos_token_id}
         gen_kwargs.setdefault("do_sample", False)
-        return self.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
-                                 eos_token_id=sorted(eos), pad_token_id=self.tokenizer.pad_token_id,
-                                 bad_words_ids=[[t] for t in self.media_tokens], **gen_kwargs)
+        return self.llm.generate(
+            inputs_embeds=embeds,
+            attention_mask=attention_mask,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=sorted(eos),
+            pad_token_id=self.tokenizer.pad_token_id,
+            bad_words_ids=[[t] for t in self.media_tokens],
+            **gen_kwargs,
+        )
 
     def decode(self, tokens: torch.Tensor) -> list[str]:
         return [t.strip() for t in self.tokenizer.batch_decode(tokens, skip_special_tokens=True)]

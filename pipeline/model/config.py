@@ -14,24 +14,24 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 @dataclass
 class ModelConfig:
-    llm: Path | None = None                    # local transformers causal-LM directory (Llama, Qwen2, Qwen3, ...)
-    vision: Path | None = None                 # CLIP or SigLIP checkpoint directory; None: no visual input
-    audio: Path | None = None                  # Whisper checkpoint directory (feature extractor beside it); None: no audio
-    tokenizer: Path | None = None              # defaults to the llm directory
+    llm: Path | None = None  # local transformers causal-LM directory (Llama, Qwen2, Qwen3, ...)
+    vision: Path | None = None  # CLIP or SigLIP checkpoint directory; None: no visual input
+    audio: Path | None = None  # Whisper checkpoint directory (feature extractor beside it); None: no audio
+    tokenizer: Path | None = None  # defaults to the llm directory
     vision_feature_layer: int = -2
-    vision_pool: int = 1                       # 2-D average pooling stride over the patch grid
+    vision_pool: int = 1  # 2-D average pooling stride over the patch grid
     vision_projector: str = "mlp2x_gelu"
-    num_frames: int = 8                        # video frames sampled uniformly
+    num_frames: int = 8  # video frames sampled uniformly
     audio_window_seconds: float = 1.0
     audio_max_windows: int = 10
-    audio_pool: int = 1                        # 1-D average pooling stride over one window's tokens
+    audio_pool: int = 1  # 1-D average pooling stride over one window's tokens
     audio_projector: str = "mlp2x_gelu"
     qformer_queries: int = 32
     qformer_layers: int = 2
-    dtype: str = "fp32"                        # fp32 | bf16 | fp16: weights and compute
-    attn_implementation: str = "sdpa"          # sdpa | eager | flash_attention_2
-    chat_template: str | None = None           # jinja template for tokenizers that ship none
-    max_length: int = 2048                     # longest tokenized sample after media expansion
+    dtype: str = "fp32"  # fp32 | bf16 | fp16: weights and compute
+    attn_implementation: str = "sdpa"  # sdpa | eager | flash_attention_2
+    chat_template: str | None = None  # jinja template for tokenizers that ship none
+    max_length: int = 2048  # longest tokenized sample after media expansion
 
     def validate(self) -> None:
         if self.llm is None:

@@ -29,10 +29,10 @@ Kind = Literal["vision", "audio"]
 class Tower(Protocol):
     """What the composed model and the processor need from a modality encoder."""
 
-    encoder: nn.Module                     # the checkpoint's model (its parameter names are the saved ones)
-    hidden_size: int                       # width of one token feature
-    tokens_per_item: int                   # tokens per image / video frame, or per audio window
-    sample_rate: int                       # audio: the waveform rate its preprocessor takes (vision: SAMPLE_RATE)
+    encoder: nn.Module  # the checkpoint's model (its parameter names are the saved ones)
+    hidden_size: int  # width of one token feature
+    tokens_per_item: int  # tokens per image / video frame, or per audio window
+    sample_rate: int  # audio: the waveform rate its preprocessor takes (vision: SAMPLE_RATE)
 
     def build_preprocessor(self) -> Any: ...
 
@@ -62,8 +62,10 @@ def load_tower(kind: Kind, path: Path, cfg: ModelConfig) -> Tower:
     model_type = AutoConfig.from_pretrained(path).model_type
     cls = TOWERS[kind].get(model_type)
     if cls is None:
-        raise ValueError(f"{path}: {kind} encoder type '{model_type}' is not supported "
-                         f"(supported: {', '.join(sorted(TOWERS[kind]))})")
+        raise ValueError(
+            f"{path}: {kind} encoder type '{model_type}' is not supported "
+            f"(supported: {', '.join(sorted(TOWERS[kind]))})"
+        )
     return cls(path, cfg)
 
 
@@ -73,7 +75,9 @@ def load_safetensors_prefix(path: Path, prefixes: tuple[str, ...]) -> dict[str, 
     Used to take an encoder out of a full encoder-decoder checkpoint (Whisper) without materialising the rest.
     """
     index = path / "model.safetensors.index.json"
-    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else ["model.safetensors"]
+    files = (
+        sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else ["model.safetensors"]
+    )
     if not (path / files[0]).exists():
         raise FileNotFoundError(f"{path}: no model.safetensors (or index) found; weights must be in safetensors format")
     names: dict[str, str] = {}
@@ -89,7 +93,7 @@ def load_safetensors_prefix(path: Path, prefixes: tuple[str, ...]) -> dict[str, 
         with safe_open(path / file, framework="pt") as f:
             for key in f.keys():
                 if key.startswith(prefix):
-                    state[key[len(prefix):]] = f.get_tensor(key)
+                    state[key[len(prefix) :]] = f.get_tensor(key)
     return state
 
 
@@ -167,8 +171,10 @@ class WhisperAudioTower(_SavedTower):
         fe = WhisperFeatureExtractor.from_pretrained(path)
         frames = int(round(window_seconds * fe.sampling_rate)) // fe.hop_length
         if frames % 2 or frames // 2 > config.max_source_positions:
-            raise ValueError(f"model.audio_window_seconds={window_seconds} gives {frames} mel frames; it must be even "
-                             f"and at most {2 * config.max_source_positions} for {path}")
+            raise ValueError(
+                f"model.audio_window_seconds={window_seconds} gives {frames} mel frames; it must be even "
+                f"and at most {2 * config.max_source_positions} for {path}"
+            )
         state = load_safetensors_prefix(self.path, ("model.encoder.", "encoder.", ""))
         positions = frames // 2
         state["embed_positions.weight"] = state["embed_positions.weight"][:positions]
@@ -222,8 +228,10 @@ class ASTAudioTower(_SavedTower):
         self.sample_rate = ASTFeatureExtractor.from_pretrained(path).sampling_rate
         config = self.encoder.config
         if round(window_seconds * 100) != config.max_length:
-            raise ValueError(f"model.audio_window_seconds={window_seconds} must be {config.max_length / 100} for the "
-                             f"AST checkpoint {path} (max_length {config.max_length} frames of 10 ms)")
+            raise ValueError(
+                f"model.audio_window_seconds={window_seconds} must be {config.max_length / 100} for the "
+                f"AST checkpoint {path} (max_length {config.max_length} frames of 10 ms)"
+            )
         self.window_seconds = window_seconds
         self.pool = pool
         freq, time = self.encoder.embeddings.get_shape(config)

@@ -28,11 +28,11 @@ ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assi
 class AVSample:
     """A conversation with its decoded media; placeholders in the human turns say where each medium goes."""
 
-    conversations: list[dict]                  # [{"from": "human"|"gpt"|"system", "value": str}]
-    images: list = field(default_factory=list) # PIL images or [H, W, 3] uint8 arrays, one per <image>, in order
-    video: np.ndarray | None = None            # [T, H, W, 3] uint8 frames sampled uniformly
-    audio: np.ndarray | None = None            # float32 mono waveform at the processor's sampling rate
-    meta: dict = field(default_factory=dict)   # id, source, question type, answer, ...
+    conversations: list[dict]  # [{"from": "human"|"gpt"|"system", "value": str}]
+    images: list = field(default_factory=list)  # PIL images or [H, W, 3] uint8 arrays, one per <image>, in order
+    video: np.ndarray | None = None  # [T, H, W, 3] uint8 frames sampled uniformly
+    audio: np.ndarray | None = None  # float32 mono waveform at the processor's sampling rate
+    meta: dict = field(default_factory=dict)  # id, source, question type, answer, ...
 
 
 @dataclass
@@ -40,9 +40,9 @@ class EncodedSample:
     input_ids: list[int]
     labels: list[int]
     question: list[bool]
-    images: torch.Tensor | None                # [n_images, 3, H, W]
-    video: torch.Tensor | None                 # [num_frames, 3, H, W]
-    audio: torch.Tensor | None                 # [n_windows, ...] one feature block per window
+    images: torch.Tensor | None  # [n_images, 3, H, W]
+    video: torch.Tensor | None  # [num_frames, 3, H, W]
+    audio: torch.Tensor | None  # [n_windows, ...] one feature block per window
 
 
 def sample_id(sample: AVSample) -> str:
@@ -56,11 +56,23 @@ class AVProcessor:
     count it; `collate` pads encoded samples into a batch. `__call__` does both.
     """
 
-    def __init__(self, tokenizer, *, image_processor=None, audio_processor=None, tokens_per_image: int = 0,
-                 num_frames: int = 8, tokens_per_window: int = 0, window_samples: int = SAMPLE_RATE,
-                 max_windows: int = 10, max_length: int = 2048) -> None:
+    def __init__(
+        self,
+        tokenizer,
+        *,
+        image_processor=None,
+        audio_processor=None,
+        tokens_per_image: int = 0,
+        num_frames: int = 8,
+        tokens_per_window: int = 0,
+        window_samples: int = SAMPLE_RATE,
+        max_windows: int = 10,
+        max_length: int = 2048,
+    ) -> None:
         if not getattr(tokenizer, "is_fast", False):
-            raise ValueError("the tokenizer must be a fast (tokenizers-backed) tokenizer: offsets are needed for labels")
+            raise ValueError(
+                "the tokenizer must be a fast (tokenizers-backed) tokenizer: offsets are needed for labels"
+            )
         if tokenizer.chat_template is None:
             raise ValueError("the tokenizer has no chat template; set model.chat_template in the config")
         missing = [p for p in PLACEHOLDERS if p not in tokenizer.get_vocab()]
@@ -86,8 +98,10 @@ class AVProcessor:
         for i, turn in enumerate(sample.conversations):
             role = ROLES.get(turn.get("from", turn.get("role")))
             if role is None or not isinstance(turn.get("value", turn.get("content")), str):
-                raise ValueError(f"sample {sample_id(sample)}: conversations[{i}] needs 'from' "
-                                 f"(human|gpt|system) and a string 'value'")
+                raise ValueError(
+                    f"sample {sample_id(sample)}: conversations[{i}] needs 'from' "
+                    f"(human|gpt|system) and a string 'value'"
+                )
             messages.append({"role": role, "content": turn.get("value", turn.get("content"))})
         if not any(m["role"] == "user" for m in messages):
             raise ValueError(f"sample {sample_id(sample)}: the conversation has no human turn")
@@ -106,7 +120,7 @@ class AVProcessor:
                 before = self.tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
                 through = self.tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
                 if through.startswith(before) and text.startswith(through):
-                    answers.append((len(before), len(through)))   # answer + the template's end-of-turn tokens
+                    answers.append((len(before), len(through)))  # answer + the template's end-of-turn tokens
                     cursor = len(through)
                     continue
             content = message["content"].strip()
@@ -125,9 +139,9 @@ class AVProcessor:
         w = self.window_samples
         n = min(self.max_windows, max(1, math.ceil(len(audio) / w)))
         if len(audio) <= n * w:
-            return [audio[i * w:(i + 1) * w] for i in range(n)]
+            return [audio[i * w : (i + 1) * w] for i in range(n)]
         starts = np.linspace(0, len(audio) - w, n).round().astype(int)
-        return [audio[s:s + w] for s in starts]
+        return [audio[s : s + w] for s in starts]
 
     def _frames(self, video: np.ndarray) -> list[np.ndarray]:
         index = np.linspace(0, len(video) - 1, self.num_frames).round().astype(int)
@@ -137,12 +151,17 @@ class AVProcessor:
         counts = {p: sum(m["content"].count(p) for m in messages if m["role"] == "user") for p in PLACEHOLDERS}
         if any(p in m["content"] for m in messages if m["role"] != "user" for p in PLACEHOLDERS):
             raise ValueError(f"sample {sample_id(sample)}: media placeholders may only appear in human turns")
-        have = {"<image>": len(sample.images), "<video>": int(sample.video is not None),
-                "<audio>": int(sample.audio is not None)}
+        have = {
+            "<image>": len(sample.images),
+            "<video>": int(sample.video is not None),
+            "<audio>": int(sample.audio is not None),
+        }
         for p in PLACEHOLDERS:
             if counts[p] != have[p]:
-                raise ValueError(f"sample {sample_id(sample)}: {counts[p]} '{p}' placeholder(s) but {have[p]} "
-                                 f"{p.strip('<>')} input(s)")
+                raise ValueError(
+                    f"sample {sample_id(sample)}: {counts[p]} '{p}' placeholder(s) but {have[p]} "
+                    f"{p.strip('<>')} input(s)"
+                )
         if (counts["<image>"] or counts["<video>"]) and self.image_processor is None:
             raise ValueError(f"sample {sample_id(sample)}: has visual input but the model has no vision encoder")
         if counts["<audio>"] and self.audio_processor is None:
@@ -162,9 +181,11 @@ class AVProcessor:
         answers, questions = self._spans(messages, text)
         enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         windows = self._audio_windows(sample.audio) if sample.audio is not None else []
-        expand = {self.token_ids["<image>"]: self.tokens_per_image,
-                  self.token_ids["<video>"]: self.tokens_per_image * self.num_frames,
-                  self.token_ids["<audio>"]: self.tokens_per_window * len(windows)}
+        expand = {
+            self.token_ids["<image>"]: self.tokens_per_image,
+            self.token_ids["<video>"]: self.tokens_per_image * self.num_frames,
+            self.token_ids["<audio>"]: self.tokens_per_window * len(windows),
+        }
         ids, labels, question = [], [], []
         for tok, (start, _) in zip(enc["input_ids"], enc["offset_mapping"]):
             if tok in expand:
@@ -177,8 +198,10 @@ class AVProcessor:
             labels.append(tok if any(a <= start < b for a, b in answers) else IGNORE_INDEX)
             question.append(any(a <= start < b for a, b in questions))
         if len(ids) > self.max_length:
-            raise ValueError(f"sample {sample_id(sample)}: {len(ids)} tokens after media expansion exceed "
-                             f"model.max_length={self.max_length}")
+            raise ValueError(
+                f"sample {sample_id(sample)}: {len(ids)} tokens after media expansion exceed "
+                f"model.max_length={self.max_length}"
+            )
         if messages[-1]["role"] == "assistant" and all(label == IGNORE_INDEX for label in labels):
             raise ValueError(f"sample {sample_id(sample)}: no answer tokens to train on")
 
@@ -189,10 +212,14 @@ class AVProcessor:
         if windows:
             key = self.audio_processor.model_input_names[0]  # input_features (Whisper), input_values (AST)
             audio = self.audio_processor(windows, sampling_rate=self.sampling_rate, return_tensors="pt")[key]
-        return EncodedSample(ids, labels, question,
-                             images=pixels(list(sample.images)) if sample.images else None,
-                             video=pixels(self._frames(sample.video)) if sample.video is not None else None,
-                             audio=audio)
+        return EncodedSample(
+            ids,
+            labels,
+            question,
+            images=pixels(list(sample.images)) if sample.images else None,
+            video=pixels(self._frames(sample.video)) if sample.video is not None else None,
+            audio=audio,
+        )
 
     def collate(self, encoded: list[EncodedSample], padding_side: str = "right") -> dict[str, torch.Tensor | None]:
         """Pad to the longest sample. Training pads right; batched generation pads left."""

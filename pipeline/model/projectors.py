@@ -23,8 +23,14 @@ class QFormerProjector(nn.Module):
         super().__init__()
         hidden = hidden_size or min(768, max(64, in_dim))
         heads = max(1, hidden // 64)
-        config = Blip2QFormerConfig(hidden_size=hidden, num_hidden_layers=num_layers, num_attention_heads=heads,
-                                    intermediate_size=4 * hidden, encoder_hidden_size=in_dim, cross_attention_frequency=1)
+        config = Blip2QFormerConfig(
+            hidden_size=hidden,
+            num_hidden_layers=num_layers,
+            num_attention_heads=heads,
+            intermediate_size=4 * hidden,
+            encoder_hidden_size=in_dim,
+            cross_attention_frequency=1,
+        )
         self.qformer = Blip2QFormerModel(config)
         self.queries = nn.Parameter(torch.randn(1, num_queries, hidden) * 0.02)
         self.mlp = mlp2x_gelu(hidden, out_dim)

@@ -26,10 +26,19 @@ PRETRAIN_QA = [
     ("Describe the audio.", ["{count} {pitch}-pitched beeps."]),
     (AVE_QUESTION, ["{event}, from second {start} to second {end}."]),
 ]
-FILLERS = {"side": ["left", "right"], "order": ["before", "after"], "sound": ["hum", "beeps"], "other": ["beeps", "hum"],
-           "shape": ["square", "circle", "triangle", "star"], "colour": ["red", "green", "blue", "yellow"],
-           "count": ["One", "Two", "Three", "Four"], "pitch": ["high", "low"], "event": list(AVE_EVENTS),
-           "start": [str(s) for s in range(7)], "end": [str(s) for s in range(2, 11)]}
+FILLERS = {
+    "side": ["left", "right"],
+    "order": ["before", "after"],
+    "sound": ["hum", "beeps"],
+    "other": ["beeps", "hum"],
+    "shape": ["square", "circle", "triangle", "star"],
+    "colour": ["red", "green", "blue", "yellow"],
+    "count": ["One", "Two", "Three", "Four"],
+    "pitch": ["high", "low"],
+    "event": list(AVE_EVENTS),
+    "start": [str(s) for s in range(7)],
+    "end": [str(s) for s in range(2, 11)],
+}
 
 
 def pretrain_llm(model, tokenizer, steps: int, seed: int = 0, batch: int = 32, lr: float = 3e-3) -> float:
@@ -42,16 +51,19 @@ def pretrain_llm(model, tokenizer, steps: int, seed: int = 0, batch: int = 32, l
     def conversation() -> str:
         question, answers = PRETRAIN_QA[int(torch.randint(len(PRETRAIN_QA), (1,), generator=rng))]
         fill = {k: pick(v) for k, v in FILLERS.items()}
-        messages = [{"role": "user", "content": question.format(**fill)},
-                    {"role": "assistant", "content": pick(answers).format(**fill)}]
+        messages = [
+            {"role": "user", "content": question.format(**fill)},
+            {"role": "assistant", "content": pick(answers).format(**fill)},
+        ]
         return tokenizer.apply_chat_template(messages, tokenize=False)
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     model.train()
     loss = torch.tensor(float("nan"))
     for _ in range(steps):
-        enc = tokenizer([conversation() for _ in range(batch)], add_special_tokens=False, padding=True,
-                        return_tensors="pt")
+        enc = tokenizer(
+            [conversation() for _ in range(batch)], add_special_tokens=False, padding=True, return_tensors="pt"
+        )
         labels = enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
         loss = model(**enc, labels=labels).loss
         loss.backward()

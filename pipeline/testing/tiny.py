@@ -15,9 +15,17 @@ from pathlib import Path
 import torch
 import yaml
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import (AutoConfig, AutoModelForCausalLM, CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel,
-                          PreTrainedTokenizerFast, WhisperConfig, WhisperFeatureExtractor,
-                          WhisperForConditionalGeneration)
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    CLIPImageProcessor,
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    PreTrainedTokenizerFast,
+    WhisperConfig,
+    WhisperFeatureExtractor,
+    WhisperForConditionalGeneration,
+)
 
 from pipeline.testing.pretrain import pretrain_llm
 
@@ -73,28 +81,50 @@ def build_tokenizer(family: str) -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.BPE(unk_token=unk))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=specials, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=600,
+        special_tokens=specials,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator([CORPUS] * 4, trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos, unk_token=unk, pad_token=pad,
-                                   chat_template=template, model_max_length=4096)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=bos,
+        eos_token=eos,
+        unk_token=unk,
+        pad_token=pad,
+        chat_template=template,
+        model_max_length=4096,
+    )
 
 
 def build_llm(family: str, tokenizer: PreTrainedTokenizerFast, hidden: int = 64, layers: int = 2):
     model_type = FAMILIES[family][0]
     config = AutoConfig.for_model(
-        model_type, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=hidden // 4, vocab_size=len(tokenizer), max_position_embeddings=4096,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=False)
+        model_type,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=hidden // 4,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=4096,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )
     model = AutoModelForCausalLM.from_config(config)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model
 
 
-def write_tiny(out: str | Path, llm: str = "llama", seed: int = 0, image_size: int = 64,
-               pretrain_steps: int = 0) -> Path:
+def write_tiny(
+    out: str | Path, llm: str = "llama", seed: int = 0, image_size: int = 64, pretrain_steps: int = 0
+) -> Path:
     """Write every tiny component under `out` and return the path of its `model.yaml`.
 
     `pretrain_steps` > 0 first trains the LLM on chat-formatted short questions (see PRETRAIN_QA): a random LLM
@@ -102,16 +132,37 @@ def write_tiny(out: str | Path, llm: str = "llama", seed: int = 0, image_size: i
     """
     out = Path(out)
     torch.manual_seed(seed)
-    vision_cfg = CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                                  image_size=image_size, patch_size=16, projection_dim=64)
+    vision_cfg = CLIPVisionConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=image_size,
+        patch_size=16,
+        projection_dim=64,
+    )
     CLIPVisionModel(vision_cfg).save_pretrained(out / "vision")
-    CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
-                       ).save_pretrained(out / "vision")
+    CLIPImageProcessor(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    ).save_pretrained(out / "vision")
 
-    audio_cfg = WhisperConfig(d_model=64, encoder_layers=2, decoder_layers=1, encoder_attention_heads=4,
-                              decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128, num_mel_bins=80,
-                              max_source_positions=100, max_target_positions=64, vocab_size=64, pad_token_id=0,
-                              bos_token_id=1, eos_token_id=2, decoder_start_token_id=1)
+    audio_cfg = WhisperConfig(
+        d_model=64,
+        encoder_layers=2,
+        decoder_layers=1,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=128,
+        decoder_ffn_dim=128,
+        num_mel_bins=80,
+        max_source_positions=100,
+        max_target_positions=64,
+        vocab_size=64,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        decoder_start_token_id=1,
+    )
     whisper = WhisperForConditionalGeneration(audio_cfg)
     # At random init the convolution outputs are ~100x smaller than the sinusoidal position table, so a random tiny
     # Whisper's output barely depends on the audio (measured: beep counting stays at chance). A real Whisper's
@@ -129,9 +180,22 @@ def write_tiny(out: str | Path, llm: str = "llama", seed: int = 0, image_size: i
     model.save_pretrained(out / "llm")
 
     model_yaml = out / "model.yaml"
-    model_yaml.write_text(yaml.safe_dump({"model": {
-        "llm": str(out / "llm"), "vision": str(out / "vision"), "audio": str(out / "audio"),
-        "num_frames": 4, "audio_window_seconds": 1.0, "audio_max_windows": 4, "max_length": 1024}}, sort_keys=False))
+    model_yaml.write_text(
+        yaml.safe_dump(
+            {
+                "model": {
+                    "llm": str(out / "llm"),
+                    "vision": str(out / "vision"),
+                    "audio": str(out / "audio"),
+                    "num_frames": 4,
+                    "audio_window_seconds": 1.0,
+                    "audio_max_windows": 4,
+                    "max_length": 1024,
+                }
+            },
+            sort_keys=False,
+        )
+    )
     return model_yaml
 
 

@@ -43,8 +43,15 @@ def set_rng_state(state: dict[str, torch.Tensor]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def save_checkpoint(engine, run_dir: RunDir, step: int, rank_state: dict, adapter_cfg: AdapterConfig | None,
-                    keep_last: int, config_hash: str) -> Path:
+def save_checkpoint(
+    engine,
+    run_dir: RunDir,
+    step: int,
+    rank_state: dict,
+    adapter_cfg: AdapterConfig | None,
+    keep_last: int,
+    config_hash: str,
+) -> Path:
     """Save everything needed for an exact resume at optimizer step `step`; every rank must call it."""
     target = run_dir.checkpoint(step)
     engine.save_checkpoint(str(target.parent), tag=target.name, save_latest=False)
@@ -71,11 +78,12 @@ def load_checkpoint(engine, checkpoint: Path, config_hash: str) -> dict:
         raise ValueError(f"{checkpoint}: no state for rank {rank} (was it saved with another world size?)")
     state = json.loads(state_file.read_text())
     if state["config_hash"] != config_hash:
-        raise ValueError(f"{checkpoint}: saved by a run with a different config; exact resume needs the same "
-                         "config (start a new output_dir, or resume=none)")
+        raise ValueError(
+            f"{checkpoint}: saved by a run with a different config; exact resume needs the same "
+            "config (start a new output_dir, or resume=none)"
+        )
     path, _ = engine.load_checkpoint(str(checkpoint.parent), tag=checkpoint.name, load_module_strict=False)
     if path is None:
         raise ValueError(f"{checkpoint}: DeepSpeed could not load this checkpoint")
     set_rng_state(load_file(str(checkpoint / f"rank-{rank}.safetensors")))
     return state
-

@@ -17,29 +17,29 @@ class OptimConfig:
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
-    warmup_ratio: float = 0.03             # linear warmup over this share of the steps, then cosine decay to 0
+    warmup_ratio: float = 0.03  # linear warmup over this share of the steps, then cosine decay to 0
     grad_clip: float = 1.0
     gradient_accumulation_steps: int = 1
 
 
 @dataclass
 class TrainConfig:
-    device: str = "auto"                   # auto (cuda if available) | cuda | cpu
+    device: str = "auto"  # auto (cuda if available) | cuda | cpu
     epochs: int = 1
     gradient_checkpointing: bool = False
-    train_projectors: bool = True          # stage 2: keep training the projectors next to the adapter
+    train_projectors: bool = True  # stage 2: keep training the projectors next to the adapter
     log_every: int = 1
-    save_every: int = 0                    # optimizer steps between checkpoints; 0: only at the end
+    save_every: int = 0  # optimizer steps between checkpoints; 0: only at the end
     keep_last: int = 2
-    dominance_every: int = 0               # log the Non-Text Dominance Rate every N steps (LoRA-family adapters)
-    max_bad_steps: int = 5                 # consecutive non-finite losses before saving and stopping
+    dominance_every: int = 0  # log the Non-Text Dominance Rate every N steps (LoRA-family adapters)
+    max_bad_steps: int = 5  # consecutive non-finite losses before saving and stopping
 
 
 @dataclass
 class TaskEvalConfig:
-    bench: str = ""                        # a launch/eval.py benchmark: mmbench, pope, music_avqa, ave, mme
-    data: str = ""                         # its official file or folder
-    media_root: str | None = None          # where its media are (default: next to data)
+    bench: str = ""  # a launch/eval.py benchmark: mmbench, pope, music_avqa, ave, mme
+    data: str = ""  # its official file or folder
+    media_root: str | None = None  # where its media are (default: next to data)
 
 
 @dataclass
@@ -79,11 +79,11 @@ class ContinualConfig:
 @dataclass
 class RunConfig:
     output_dir: str = "runs/train"
-    stage: int = 2                         # 1: projector pre-alignment; 2: instruction tuning with an adapter
-    stage1_run: Path | None = None         # stage 2: the stage-1 run directory whose projectors it starts from
-    deepspeed: Path | None = None          # a configs/ds/*.json; its batch/precision keys must agree with this file
-    resume: str = "auto"                   # auto: newest complete checkpoint in output_dir | none | a checkpoint dir
-    max_steps: int = 0                     # cap on optimizer steps (0: epochs decide)
+    stage: int = 2  # 1: projector pre-alignment; 2: instruction tuning with an adapter
+    stage1_run: Path | None = None  # stage 2: the stage-1 run directory whose projectors it starts from
+    deepspeed: Path | None = None  # a configs/ds/*.json; its batch/precision keys must agree with this file
+    resume: str = "auto"  # auto: newest complete checkpoint in output_dir | none | a checkpoint dir
+    max_steps: int = 0  # cap on optimizer steps (0: epochs decide)
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -99,8 +99,10 @@ class RunConfig:
         if self.train.device not in ("auto", "cuda", "cpu"):
             raise ValueError(f"train.device: '{self.train.device}' is not one of auto, cuda, cpu")
         if self.data.num_frames != self.model.num_frames:
-            raise ValueError(f"data.num_frames={self.data.num_frames} differs from model.num_frames="
-                             f"{self.model.num_frames}; set both to the frames the model takes")
+            raise ValueError(
+                f"data.num_frames={self.data.num_frames} differs from model.num_frames="
+                f"{self.model.num_frames}; set both to the frames the model takes"
+            )
         if self.optim.gradient_accumulation_steps < 1 or self.max_steps < 0 or self.train.epochs < 1:
             raise ValueError("optim.gradient_accumulation_steps and train.epochs must be >= 1, max_steps >= 0")
         if self.continual.tasks and self.stage != 2:

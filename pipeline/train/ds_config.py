@@ -62,7 +62,7 @@ def resolve_ds_config(cfg: RunConfig, world_size: int) -> dict:
     for key in ("bf16", "fp16"):
         resolved[key] = {**given.get(key, {}), **derived[key]}
     resolved.setdefault("zero_optimization", dict(DEFAULT_ZERO))
-    resolved.setdefault("steps_per_print", 10**9)       # progress goes through our own logger
+    resolved.setdefault("steps_per_print", 10**9)  # progress goes through our own logger
     resolved.setdefault("wall_clock_breakdown", False)
     return resolved
 

@@ -40,8 +40,12 @@ class MetricsLogger:
             if key != "step" and isinstance(value, (int, float)):
                 self.writer.add_scalar(f"train/{key}", value, step)
         self.bar.n = step
-        self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}",
-                             sps=f"{metrics['samples_per_s']:.1f}", tps=f"{metrics['tokens_per_s']:.0f}")
+        self.bar.set_postfix(
+            loss=f"{metrics['loss']:.4f}",
+            lr=f"{metrics['lr']:.2e}",
+            sps=f"{metrics['samples_per_s']:.1f}",
+            tps=f"{metrics['tokens_per_s']:.0f}",
+        )
         self.bar.refresh()
 
     def note(self, message: str) -> None:

@@ -97,10 +97,10 @@ def _resume_point(cfg: RunConfig, run_dir: RunDir) -> Path | None:
 class Window:
     """The micro-batches of one optimizer step on this rank (the gradient accumulation window)."""
 
-    loss: float = 0.0                      # sum of the micro-batches' reported losses
-    tokens: int = 0                        # attended tokens
-    micro: int = 0                         # micro-batches that counted (a dropped non-finite one does not)
-    dominance: float | None = None         # the Non-Text Dominance Rate, when this step probes it
+    loss: float = 0.0  # sum of the micro-batches' reported losses
+    tokens: int = 0  # attended tokens
+    micro: int = 0  # micro-batches that counted (a dropped non-finite one does not)
+    dominance: float | None = None  # the Non-Text Dominance Rate, when this step probes it
     started: float = field(default_factory=time.time)
 
 
@@ -115,19 +115,26 @@ class Session:
     world: int
     engine: deepspeed.DeepSpeedEngine
     loader: ShardLoader
-    report: AttachReport | None            # the attached adapter (stage 2), None in stage 1
-    total: int                             # optimizer steps of the whole run
+    report: AttachReport | None  # the attached adapter (stage 2), None in stage 1
+    total: int  # optimizer steps of the whole run
     config_hash: str
     log: MetricsLogger
-    dominance_every: int                   # 0: the adapter has no A to probe, or no probing asked for
+    dominance_every: int  # 0: the adapter has no A to probe, or no probing asked for
     step: int = 0
     bad_in_row: int = 0
     dropped: int = 0
 
     def save(self) -> None:
         """A complete checkpoint at the current step (every rank)."""
-        save_checkpoint(self.engine, self.run_dir, self.step, {"data": self.loader.state_dict()},
-                        self.cfg.adapter if self.report else None, self.cfg.train.keep_last, self.config_hash)
+        save_checkpoint(
+            self.engine,
+            self.run_dir,
+            self.step,
+            {"data": self.loader.state_dict()},
+            self.cfg.adapter if self.report else None,
+            self.cfg.train.keep_last,
+            self.config_hash,
+        )
 
 
 def train(cfg: RunConfig, start_from: Path | None = None, task: int = 0) -> Path:
@@ -145,8 +152,9 @@ def train(cfg: RunConfig, start_from: Path | None = None, task: int = 0) -> Path
 def _engine(cfg: RunConfig, model: torch.nn.Module, ds_config: dict, total: int) -> deepspeed.DeepSpeedEngine:
     """The DeepSpeed engine with AdamW and the warmup-cosine schedule over `total` steps."""
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optim_kwargs = dict(lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
-                        weight_decay=cfg.optim.weight_decay)
+    optim_kwargs = dict(
+        lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps, weight_decay=cfg.optim.weight_decay
+    )
     optimizer = None
     if offloads_optimizer(ds_config):  # DeepSpeed's CPU Adam works on the offloaded fp32 partitions
         ds_config["optimizer"] = {"type": "AdamW", "params": {**optim_kwargs, "betas": list(optim_kwargs["betas"])}}
@@ -154,8 +162,12 @@ def _engine(cfg: RunConfig, model: torch.nn.Module, ds_config: dict, total: int)
         optimizer = torch.optim.AdamW(trainable, **optim_kwargs)
     warmup = int(round(cfg.optim.warmup_ratio * total))
     engine, _, _, _ = deepspeed.initialize(
-        model=model, model_parameters=trainable, optimizer=optimizer, config=ds_config,
-        lr_scheduler=lambda opt: get_cosine_schedule_with_warmup(opt, warmup, total))
+        model=model,
+        model_parameters=trainable,
+        optimizer=optimizer,
+        config=ds_config,
+        lr_scheduler=lambda opt: get_cosine_schedule_with_warmup(opt, warmup, total),
+    )
     return engine
 
 
@@ -163,8 +175,10 @@ def _total_steps(cfg: RunConfig, loader: ShardLoader) -> int:
     gas = cfg.optim.gradient_accumulation_steps
     per_epoch = loader.steps_per_epoch // gas
     if per_epoch < 1:
-        raise ValueError(f"data: {loader.steps_per_epoch} micro-batches per rank per epoch are fewer than "
-                         f"optim.gradient_accumulation_steps={gas}; add data or lower the batch settings")
+        raise ValueError(
+            f"data: {loader.steps_per_epoch} micro-batches per rank per epoch are fewer than "
+            f"optim.gradient_accumulation_steps={gas}; add data or lower the batch settings"
+        )
     total = per_epoch * cfg.train.epochs
     return min(total, cfg.max_steps) if cfg.max_steps else total
 
@@ -204,9 +218,21 @@ def prepare(cfg: RunConfig, start_from: Path | None, task: int) -> Session:
         log.note(f"resumed from {resume} at step {step}")
     # the Non-Text Dominance Rate is defined for LoRA-family adapters (A matrices); other adapters log none
     lora_family = report is not None and any(type(m).lora_family for m in adapter_layers(engine.module).values())
-    return Session(cfg=cfg, run_dir=run_dir, device=device, rank=rank, world=world, engine=engine, loader=loader,
-                   report=report, total=total, config_hash=chash, log=log, step=step,
-                   dominance_every=cfg.train.dominance_every if lora_family else 0)
+    return Session(
+        cfg=cfg,
+        run_dir=run_dir,
+        device=device,
+        rank=rank,
+        world=world,
+        engine=engine,
+        loader=loader,
+        report=report,
+        total=total,
+        config_hash=chash,
+        log=log,
+        step=step,
+        dominance_every=cfg.train.dominance_every if lora_family else 0,
+    )
 
 
 # ---- 2. run steps: micro-batches, accumulation windows, logs and periodic checkpoints -----------------------------
@@ -243,8 +269,10 @@ def micro_step(s: Session, batch: dict, window: Window) -> bool:
         s.log.note(f"step {s.step + 1}: non-finite loss on some rank, micro-batch dropped ({s.bad_in_row} in a row)")
         if s.bad_in_row >= s.cfg.train.max_bad_steps:
             s.save()
-            raise TrainingStopped(f"{s.bad_in_row} consecutive non-finite losses at step {s.step}; checkpoint "
-                                  f"saved in {s.run_dir.checkpoints}; lower optim.lr or check the data")
+            raise TrainingStopped(
+                f"{s.bad_in_row} consecutive non-finite losses at step {s.step}; checkpoint "
+                f"saved in {s.run_dir.checkpoints}; lower optim.lr or check the data"
+            )
         return False
     s.bad_in_row = 0
     engine.step()  # DeepSpeed steps the optimizer only at the window's last micro-batch
@@ -264,10 +292,16 @@ def end_step(s: Session, window: Window) -> None:
     if s.step % cfg.train.log_every == 0 or s.step == s.total:
         gas = cfg.optim.gradient_accumulation_steps
         elapsed = max(time.time() - window.started, 1e-9)
-        metrics = {"step": s.step, "loss": loss_sum / (gas * s.world), "lr": s.engine.get_lr()[0],
-                   "samples_per_s": cfg.data.micro_batch_size * gas * s.world / elapsed,
-                   "tokens_per_s": tokens / elapsed, "epoch": s.loader.epoch,
-                   "skipped_samples": int(skipped), "dropped_nonfinite": s.dropped}
+        metrics = {
+            "step": s.step,
+            "loss": loss_sum / (gas * s.world),
+            "lr": s.engine.get_lr()[0],
+            "samples_per_s": cfg.data.micro_batch_size * gas * s.world / elapsed,
+            "tokens_per_s": tokens / elapsed,
+            "epoch": s.loader.epoch,
+            "skipped_samples": int(skipped),
+            "dropped_nonfinite": s.dropped,
+        }
         if window.dominance is not None:
             metrics["nontext_dominance"] = window.dominance
         s.log.log(metrics)

@@ -37,8 +37,15 @@ def parameter_counts(cfg: RunConfig) -> tuple[int, int, int]:
     kv_dim = kv * (getattr(llm_cfg, "head_dim", None) or hidden // llm_cfg.num_attention_heads)
     r = cfg.adapter.rank
     # LoRA-sized estimate of the adapter on q,k,v,o,gate,up,down (A: r x in, B: out x r) + projectors (~2 x hidden^2)
-    shapes = [(hidden, hidden), (hidden, kv_dim), (hidden, kv_dim), (hidden, hidden),
-              (hidden, inter), (hidden, inter), (inter, hidden)]
+    shapes = [
+        (hidden, hidden),
+        (hidden, kv_dim),
+        (hidden, kv_dim),
+        (hidden, hidden),
+        (hidden, inter),
+        (hidden, inter),
+        (inter, hidden),
+    ]
     trainable = layers * sum(r * (i + o) for i, o in shapes) + 2 * 2 * hidden * hidden
     return total, trainable, largest
 
@@ -53,8 +60,9 @@ def estimate(cfg: RunConfig, ds_config: dict, gpus_per_node: int, nodes: int) ->
     out = io.StringIO()
     with redirect_stdout(out):
         if stage == 3:
-            estimate_zero3_model_states_mem_needs_all_cold(total, largest, num_gpus_per_node=gpus_per_node,
-                                                           num_nodes=nodes)
+            estimate_zero3_model_states_mem_needs_all_cold(
+                total, largest, num_gpus_per_node=gpus_per_node, num_nodes=nodes
+            )
         else:
             estimate_zero2_model_states_mem_needs_all_cold(total, num_gpus_per_node=gpus_per_node, num_nodes=nodes)
     gpus = gpus_per_node * nodes
@@ -64,9 +72,11 @@ def estimate(cfg: RunConfig, ds_config: dict, gpus_per_node: int, nodes: int) ->
     frozen_weights = width * total / (gpus if stage == 3 else 1)
     trainable_states = (width + 12) * trainable / gpus + (width * trainable / (gpus if stage >= 2 else 1))
     frozen = (frozen_weights + trainable_states) / 2**30
-    head = (f"model: {total / 1e9:.2f}B parameters (largest layer {largest / 1e6:.1f}M); about "
-            f"{trainable / 1e6:.1f}M trainable (adapter rank {cfg.adapter.rank} + projectors); ZeRO-{stage}, "
-            f"{nodes} node(s) x {gpus_per_node} GPU(s)\n"
-            f"frozen backbone ({cfg.model.dtype}): about {frozen:.2f} GB per GPU for model states, before activations\n"
-            "DeepSpeed's estimate below assumes every parameter trains: an upper bound for the model states.\n")
+    head = (
+        f"model: {total / 1e9:.2f}B parameters (largest layer {largest / 1e6:.1f}M); about "
+        f"{trainable / 1e6:.1f}M trainable (adapter rank {cfg.adapter.rank} + projectors); ZeRO-{stage}, "
+        f"{nodes} node(s) x {gpus_per_node} GPU(s)\n"
+        f"frozen backbone ({cfg.model.dtype}): about {frozen:.2f} GB per GPU for model states, before activations\n"
+        "DeepSpeed's estimate below assumes every parameter trains: an upper bound for the model states.\n"
+    )
     return head + out.getvalue()
