@@ -104,7 +104,7 @@ def _check_audio(data: bytes, path: Path) -> None:
         raise SkipSample("unreadable_audio", f"{path}: {exc}") from None
 
 
-def _audio_16k_flac(data: bytes, path: Path) -> bytes:
+def _audio_16k_flac(data: bytes, path: Path | None) -> bytes:
     try:
         wave = decode_audio(data)
     except Exception as exc:
@@ -140,7 +140,7 @@ def build_sample(record: Record, predecode: bool = False, num_frames: int = 8) -
             wav = _read(record.audio, "audio")
             _check_audio(wav, record.audio)
             ext = record.audio.suffix.lower().lstrip(".")
-        elif video_bytes is not None:
+        elif video_bytes is not None and record.video is not None:
             wav, ext = _soundtrack_wav(video_bytes, record.video), "wav"
         else:
             raise SkipSample("missing_audio", f"{record.id}: audio_from_video without a video")

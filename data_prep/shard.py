@@ -64,7 +64,7 @@ class _ShardSink:
             self.close()
 
     def close(self) -> None:
-        if self._writer is not None:
+        if self._writer is not None and self._tmp is not None:
             self._writer.close()
             self._tmp.replace(self.out / self.shards[-1]["name"])
             self._writer = None

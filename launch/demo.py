@@ -151,7 +151,7 @@ def baselines(out: Path) -> dict[str, float]:
 
     items = music_avqa.load(Path(bench_args(out, "music_avqa")[1]))
     overall = Counter(item.gold["answer"] for item in items).most_common(1)[0][0]
-    per_type = {}
+    per_type: dict[str, Counter] = {}
     for item in items:
         per_type.setdefault(item.gold["subtype"], Counter())[item.gold["answer"]] += 1
     prior = [per_type[item.gold["subtype"]].most_common(1)[0][0] for item in items]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -55,7 +56,7 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
             except ConfigError as exc:
                 errors.append(exc)
         raise errors[0]
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{_loc(where)}'{key}' must be a mapping of {tp.__name__} fields, got {value!r}")
         return _build(tp, value, key, where)
@@ -112,7 +113,7 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
 
 def _build(cls: type[T], data: dict, prefix: str, where: str) -> T:
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]  # T is a dataclass by contract
     for name in data:
         if name not in fields:
             key = f"{prefix}.{name}" if prefix else name
@@ -171,7 +172,7 @@ def from_dict(cls: type[T], data: dict, where: str = "<dict>", prefix: str = "")
     return _build(cls, data or {}, prefix, where)
 
 
-def load_config(cls: type[T], path: str | Path | None, overrides: list[str] = ()) -> T:
+def load_config(cls: type[T], path: str | Path | None, overrides: Sequence[str] = ()) -> T:
     """Read YAML at `path` (or start empty), apply dotted overrides, and build a validated `cls` tree."""
     data: dict = {}
     where = "command line"

@@ -88,11 +88,11 @@ def evaluate(model: AVLLM, task: TaskConfig, cfg: ContinualConfig, out: Path, ra
     items = load_items(task)
     complete = {item.group: "complete" for item in items}
     texts = generate(model, items, complete, cfg.eval_batch_size, cfg.max_new_tokens, rank, world, desc=task.name)
-    parts = [None] * world
+    parts: list[dict[str, str] | None] = [None] * world
     dist.all_gather_object(parts, texts)
     if rank != 0:
         return None
-    merged = {k: v for part in parts for k, v in part.items()}
+    merged = {k: v for part in parts if part for k, v in part.items()}
     ordered = [merged[item.key] for item in items]
     result = score_conditions(task.eval.bench, module, items, ordered, complete)
     tmp = out.with_name(out.name + ".partial")
@@ -110,9 +110,15 @@ def summarize(matrix: list[list[float | None]]) -> dict:
     """Average accuracy and average forgetting (module docstring) of a lower-triangular accuracy matrix, after
     the last task and after every task."""
 
+    def seen(i: int, j: int) -> float:
+        value = matrix[i][j]
+        if value is None:
+            raise ValueError(f"accuracy matrix: task {j} was not evaluated after task {i}")
+        return value
+
     def after(i: int) -> tuple[float, float]:
-        last = matrix[i][: i + 1]
-        forgetting = [max(matrix[k][j] for k in range(j, i)) - matrix[i][j] for j in range(i)]
+        last = [seen(i, j) for j in range(i + 1)]
+        forgetting = [max(seen(k, j) for k in range(j, i)) - seen(i, j) for j in range(i)]
         return sum(last) / len(last), sum(forgetting) / len(forgetting) if forgetting else 0.0
 
     steps = [after(i) for i in range(len(matrix))]

@@ -74,7 +74,7 @@ def soundtrack_wav(data: bytes) -> bytes:
     import av
     import soundfile as sf
 
-    with av.open(io.BytesIO(data)) as box:
+    with av.open(io.BytesIO(data), mode="r") as box:
         if not box.streams.audio:
             raise MissingAudio("no audio file and no audio track in the video")
         stream = box.streams.audio[0]

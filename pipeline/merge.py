@@ -38,7 +38,7 @@ from pipeline.adapters import AdapterLinear, adapter_layers, merge, prepare_merg
 from pipeline.adapters.config import AdapterConfig
 from pipeline.adapters.io import write_adapter
 from pipeline.config import from_dict, to_dict
-from pipeline.model.avllm import AVLLM, KEPT_ADAPTER_DIR
+from pipeline.model.avllm import AVLLM, KEPT_ADAPTER_DIR, vocab_size
 from pipeline.model.config import DTYPES, ModelConfig
 from pipeline.model.shards import ShardReader, ShardWriter, file_sha256
 from pipeline.rundir import MERGE_MANIFEST, TRAINABLES, RunDir, export_has, load_trainables, read_export
@@ -180,12 +180,12 @@ def write_llm(
     shard_bytes: int,
 ) -> None:
     """Stream the base LLM into `out` (config, generation config, shards), folding the adapters when merging."""
-    base = ShardReader(cfg.llm)
+    base = ShardReader(cfg.llm_dir)
     run_dtype = cfg.torch_dtype
     layers = adapter_layers(model.llm) if merging else {}
-    vocab = model.llm.get_input_embeddings().num_embeddings
+    vocab = vocab_size(model.llm)
     biased = {n for n, layer in layers.items() if layer.merged_bias() is not None}
-    base_config = AutoConfig.from_pretrained(cfg.llm)
+    base_config = AutoConfig.from_pretrained(cfg.llm_dir)
     target = _target_llm(base_config, vocab, biased)
     embeddings = {
         f"{n}.weight"
@@ -218,8 +218,8 @@ def write_llm(
     writer.close()
     target.config.dtype = dtype
     target.config.save_pretrained(out)
-    if (Path(cfg.llm) / "generation_config.json").is_file():
-        GenerationConfig.from_pretrained(cfg.llm).save_pretrained(out)
+    if (cfg.llm_dir / "generation_config.json").is_file():
+        GenerationConfig.from_pretrained(cfg.llm_dir).save_pretrained(out)
 
 
 # ---- the whole checkpoint -------------------------------------------------------------------------------------
@@ -244,7 +244,7 @@ def write_checkpoint(source: Source, out: Path, dtype_name: str, keep_adapters: 
     dtype = DTYPES[dtype_name]
     merging = source.adapter is not None and not keep_adapters
     compute = dataclasses.replace(source.model, dtype="fp32")
-    model = AVLLM(compute, llm=_meta_llm(AutoConfig.from_pretrained(source.model.llm)))
+    model = AVLLM(compute, llm=_meta_llm(AutoConfig.from_pretrained(source.model.llm_dir)))
     trained = _load_small_parts(model, source, merging)
     if merging:
         prepare_merge(model, trained, torch.float32)

@@ -74,26 +74,26 @@ class ModalityContext:
         self.question = None
         self.decoding = False
 
-    def _check(self, x: torch.Tensor) -> None:
-        if x.shape[:-1] != self.ids.shape:
+    @staticmethod
+    def _checked(per_token: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[:-1] != per_token.shape:
             raise RuntimeError(
-                f"modality map is {tuple(self.ids.shape)} but the layer input is {tuple(x.shape[:-1])}: "
+                f"modality map is {tuple(per_token.shape)} but the layer input is {tuple(x.shape[:-1])}: "
                 "the map was not set for this forward (set it with ModalityContext.set before calling the model)"
             )
+        return per_token
 
     def ids_for(self, x: torch.Tensor) -> torch.Tensor:
         """Modality ids [*x.shape[:-1]] for a layer input x of shape [B, T, d] (or [N, d] for encoder towers)."""
         if self.ids is None:
             return torch.full(x.shape[:-1], int(self.default), dtype=torch.long, device=x.device)
-        self._check(x)
-        return self.ids
+        return self._checked(self.ids, x)
 
     def question_for(self, x: torch.Tensor) -> torch.Tensor:
         """Question-span flags [*x.shape[:-1]] (all False when no map or no question span was set)."""
-        if self.ids is None:
+        if self.ids is None or self.question is None:
             return torch.zeros(x.shape[:-1], dtype=torch.bool, device=x.device)
-        self._check(x)
-        return self.question
+        return self._checked(self.question, x)
 
 
 def modality_ids(

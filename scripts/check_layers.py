@@ -43,7 +43,12 @@ def module_name(path: Path, root: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def imports(tree: ast.AST, module: str, is_package: bool) -> list[tuple[int, str]]:
+def is_module(root: Path, name: str) -> bool:
+    path = root / Path(*name.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+def imports(tree: ast.AST, module: str, is_package: bool, root: Path) -> list[tuple[int, str]]:
     """(line, imported module) for every import of a project module."""
     found = []
     for node in ast.walk(tree):
@@ -54,9 +59,9 @@ def imports(tree: ast.AST, module: str, is_package: bool) -> list[tuple[int, str
             if node.level:
                 anchor = module.split(".")[: len(module.split(".")) - node.level + (1 if is_package else 0)]
                 base = ".".join(anchor + ([base] if base else []))
-            # `from pkg import sub` may name a submodule: count the most specific name that is a unit or inside one
+            # `from pkg import sub` may name a submodule: then the edge goes to the submodule
             found += [
-                (node.lineno, f"{base}.{alias.name}" if unit_of(f"{base}.{alias.name}") else base)
+                (node.lineno, f"{base}.{alias.name}" if is_module(root, f"{base}.{alias.name}") else base)
                 for alias in node.names
             ]
     return [(line, name) for line, name in found if name.split(".")[0] in PACKAGES]
@@ -74,7 +79,7 @@ def violations(root: Path = ROOT) -> list[str]:
                 out.append(f"{path.relative_to(root)}: module {module} is in no layer of scripts/check_layers.py")
                 continue
             tree = ast.parse(path.read_text(), str(path))
-            for line, name in imports(tree, module, path.name == "__init__.py"):
+            for line, name in dict.fromkeys(imports(tree, module, path.name == "__init__.py", root)):
                 target = unit_of(name)
                 if target is None or target[1] == source[1] or target[0] < source[0]:
                     continue

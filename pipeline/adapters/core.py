@@ -15,6 +15,7 @@ from pipeline.modality import ModalityContext
 
 if TYPE_CHECKING:
     from pipeline.adapters.config import AdapterConfig
+    from pipeline.adapters.dominance import DominanceProbe
 
 
 def lora_hyper(cfg: AdapterConfig) -> tuple[int, float, nn.Module]:
@@ -48,7 +49,7 @@ class LowRankLinear(AdapterLinear):
         self.rank, self.scaling, self.dropout = lora_hyper(cfg)
         self.lora_A = init_down_(self._new_param(cfg.rank, self.in_features))
         self.lora_B = self._new_param(self.out_features, cfg.rank)
-        self.probe = None  # set by pipeline.adapters.dominance.DominanceProbe while it records
+        self.probe: DominanceProbe | None = None  # set by DominanceProbe while it records
 
     def down_projection(self, x: torch.Tensor, x_in: torch.Tensor) -> torch.Tensor:
         """u = A x_in; `x` is the layer input before dropout (IMoD's backward of this product also reads it)."""

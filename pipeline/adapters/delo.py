@@ -90,6 +90,9 @@ class DeLoLinear(AdapterLinear, name="delo"):
 
     Options = DeLoOptions
     mergeable = False
+    task_keys: torch.Tensor  # buffers: [tasks, 3, d_in] keys, [tasks] which have one, the active task
+    key_seen: torch.Tensor
+    active_task: torch.Tensor
 
     @classmethod
     def check_config(cls, cfg: AdapterConfig) -> None:
@@ -189,6 +192,8 @@ class DeLoLinear(AdapterLinear, name="delo"):
         self.last_align = self._alignment(q, present)
         self.last_aux_loss = self.align_weight * self.last_align
         n, e = len(MODALITIES), self.pool_size
+        a: torch.Tensor
+        b: torch.Tensor
         if self.training:
             t = int(self.active_task)
             if torch.is_grad_enabled():

@@ -199,13 +199,15 @@ class IMoDLinear(LowRankLinear, name="imod"):
 
     Options = IMoDOptions
     peft_options: ClassVar[dict[str, Any] | None] = {}
+    mask_ids: torch.Tensor  # persistent buffer: the partition (0 text, 1 non-text, 2 shared)
 
     def __init__(self, base: nn.Linear, cfg: AdapterConfig, ctx: ModalityContext, depth: tuple[int, int], name: str):
         super().__init__(base, cfg, ctx, depth, name)
         opts = cfg.method_options()
         self.lambda1 = float(opts.lambda1)
         self.lambda2 = float(opts.lambda2)
-        ids = partition_ids(tuple(self.lora_A.shape), depth[0], depth[1], opts, name)
+        rank, width = self.lora_A.shape
+        ids = partition_ids((rank, width), depth[0], depth[1], opts, name)
         self.register_buffer("mask_ids", ids.to(base.weight.device))
         self._partition: tuple[torch.Tensor, tuple[int, torch.dtype], tuple[torch.Tensor, torch.Tensor]] | None = None
 
@@ -215,7 +217,7 @@ class IMoDLinear(LowRankLinear, name="imod"):
         ids = self.mask_ids
         cached = self._partition
         if cached is None or cached[0] is not ids or cached[1] != (ids._version, dtype):
-            blocks = (ids == torch.arange(3, device=ids.device).view(3, 1, 1)).to(dtype)
+            blocks = torch.eq(ids, torch.arange(3, device=ids.device).view(3, 1, 1)).to(dtype)
             self._partition = cached = (ids, (ids._version, dtype), (blocks, ids.long().unsqueeze(0)))
         return cached[2]
 

@@ -107,7 +107,7 @@ def export_peft(
     path = Path(path)
     LoraConfig(
         r=cfg.rank,
-        lora_alpha=cfg.alpha,
+        lora_alpha=cfg.alpha,  # type: ignore[arg-type]  # PEFT annotates int; it scales by any number
         lora_dropout=cfg.dropout,
         use_rslora=cfg.rslora,
         target_modules=list(layers),

@@ -122,7 +122,7 @@ def check_missing(args: argparse.Namespace) -> list[str | None]:
             raise ValueError(f"{given[0]}: goes with --train-missing")
         return [None]
     args.missing_fill = args.missing_fill or "drop"
-    trains = parse_list(args.train_missing, "train-missing")
+    trains: list[str | None] = list(parse_list(args.train_missing, "train-missing"))
     unknown = [t for t in trains if t not in TRAIN_MISSING]
     if unknown:
         raise ValueError(f"--train-missing: unknown condition '{unknown[0]}' (known: {', '.join(TRAIN_MISSING)})")

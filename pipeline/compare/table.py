@@ -236,7 +236,7 @@ def aggregate_grid(cells: list[GridCell]) -> list[GridRow]:
     for adapter, train in dict.fromkeys((c.adapter, c.train) for c in cells):
         mine = [c for c in cells if (c.adapter, c.train) == (adapter, train)]
         tests = list(dict.fromkeys(t for c in mine for t in c.headline))
-        drops = {t: [c.drop[t] for c in mine if c.drop.get(t) is not None] for t in tests if t != "complete"}
+        drops = {t: [d for c in mine if (d := c.drop.get(t)) is not None] for t in tests if t != "complete"}
         rows.append(
             GridRow(
                 adapter=adapter,

@@ -23,6 +23,7 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -41,7 +42,7 @@ def _rank_world() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-def _identity(item: dict) -> dict:
+def _identity(item: Any) -> Any:
     return item
 
 

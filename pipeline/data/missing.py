@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -70,6 +71,7 @@ def has_modality(sample: AVSample, modality: str) -> bool:
 
 def remove_modality(sample: AVSample, modality: str, fill: str) -> AVSample:
     """A copy of `sample` without `modality`'s real input: dropped with its placeholders, or neutral (see above)."""
+    changed: dict[str, Any]
     if modality == "audio":
         audio = None if fill == "drop" else np.zeros_like(sample.audio)
         changed = {"audio": audio}

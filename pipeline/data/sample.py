@@ -62,7 +62,7 @@ def _document(sample: dict) -> dict:
 
 def decode_sample(sample: dict, num_frames: int = 8) -> AVSample:
     """The `AVSample` of one shard sample; raises `CorruptSample`."""
-    key = sample.get("__key__")
+    key = str(sample.get("__key__"))
     doc = _document(sample)
     media = doc["media"]
     video = audio = None

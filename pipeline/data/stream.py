@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Callable, Iterator
+from typing import Any, cast
 
 import torch
 import webdataset as wds
@@ -63,14 +64,15 @@ class WorkerStream(torch.utils.data.IterableDataset):
         self.cfg, self.plan, self.rank, self.epoch = cfg, plan, rank, epoch
         self.missing = missing if missing is not None and missing.rate > 0 else None
         self.encode = getattr(processor, "encode", None)
-        self.collate = processor.collate if self.encode is not None else processor
+        self.collate = cast(Any, processor).collate if self.encode is not None else processor
         self.resume = resume or {}
 
     def raw(self, share: list[ShardRef], slot: int, cycle: int, skipped: Counter, bad: list[str]) -> Iterator[dict]:
         """The worker's raw (undecoded) sample stream for one pass: sources mixed by weight, then shuffled."""
         tag = f"{self.cfg.seed}-{self.epoch}-{slot}-{cycle}"
         order = random.Random(f"order-{tag}")
-        streams, weights = [], []
+        streams: list[Iterator[dict]] = []
+        weights: list[float] = []
         for i, src in enumerate(self.cfg.sources):
             mine = [s for s in share if s.source == i]
             if mine:

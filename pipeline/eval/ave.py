@@ -42,17 +42,18 @@ def load(data: Path, media_root: Path | None = None) -> list[Item]:
             category, video_id, start, end = parse_line(line)
         except (LookupError, ValueError) as exc:
             raise BenchError(f"{split_file}:{n}: {exc}") from None
+        video = media_root / "AVE" / f"{video_id}.mp4"
         items.append(
             Item(
                 fields={"video_id": video_id},
                 prompt=QUESTION,
                 gold={"category": category, "start": start, "end": end},
                 group=video_id,
-                video=media_root / "AVE" / f"{video_id}.mp4",
+                video=video,
                 soundtrack=True,
             )
         )
-        videos.append((items[-1].video, f"VideoID {video_id}"))
+        videos.append((video, f"VideoID {video_id}"))
     check_exists(videos, "AVE video")
     return items
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -39,7 +40,7 @@ def build_sample(item: Item, num_frames: int, drop: frozenset[str], fill: str = 
     tags, images, video, audio = [], [], None, None
     if item.image is not None or item.image_b64 is not None:
         if decode["visual"]:
-            data = item.image.read_bytes() if item.image is not None else base64.b64decode(item.image_b64)
+            data = item.image.read_bytes() if item.image is not None else base64.b64decode(item.image_b64 or "")
             images.append(_decode(item.image, decode_image, data))
         tags.append("<image>")
     if item.video is not None:
@@ -49,6 +50,8 @@ def build_sample(item: Item, num_frames: int, drop: frozenset[str], fill: str = 
     if item.has_audio:
         if decode["audio"]:
             source = item.audio or item.video
+            if source is None:
+                raise BenchError(f"item {item.key}: has audio but names no audio or video file")
             data = source.read_bytes() if item.audio else _decode(source, soundtrack_wav, source.read_bytes())
             audio = _decode(source, decode_audio, data)
         tags.append("<audio>")
@@ -91,9 +94,9 @@ def generate(
         samples = [
             build_sample(item, model.config.num_frames, CONDITIONS[conditions[item.group]], fill) for item in picked
         ]
-        inputs = processor(samples, padding_side="left")
-        inputs.pop("labels")
-        inputs = {k: v.to(device) for k, v in inputs.items() if v is not None}
+        batch_inputs = processor(samples, padding_side="left")
+        batch_inputs.pop("labels")
+        inputs: dict[str, Any] = {k: v.to(device) for k, v in batch_inputs.items() if v is not None}
         texts = model.decode(model.generate(**inputs, max_new_tokens=max_new_tokens))
         out.update({item.key: text for item, text in zip(picked, texts)})
     return out

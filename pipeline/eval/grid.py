@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from pipeline.eval.bench import Item
 from pipeline.eval.report import flatten_metrics
@@ -47,7 +48,7 @@ def item_conditions(test: str, items: list[Item], rate: float, seed: int) -> dic
 
 def relative_drop(complete: dict, other: dict) -> dict:
     """(complete − other) / complete for every numeric leaf, nested as the metrics are; None where complete is 0."""
-    out = {}
+    out: dict[str, Any] = {}
     for key, value in complete.items():
         if isinstance(value, dict):
             out[key] = relative_drop(value, other[key])

@@ -50,7 +50,8 @@ def load(data: Path, media_root: Path | None = None) -> list[Item]:
     tasks = [t for t in PERCEPTION + COGNITION if (data / t).is_dir() or (data / f"{t}.txt").is_file()]
     if not tasks:
         raise BenchError(f"{data}: no MME subtask folder or list ({', '.join(PERCEPTION + COGNITION)})")
-    items, images = [], []
+    items: list[Item] = []
+    images: list[tuple[Path, str]] = []
     for task in tasks:
         for txt, image_dir in _sources(data, media_root or data, task):
             for n, line in enumerate(txt.read_text(encoding="utf-8").splitlines(), start=1):

@@ -107,18 +107,19 @@ def load(data: Path, media_root: Path | None = None) -> list[Item]:
         except (LookupError, ValueError, TypeError, AttributeError) as exc:
             raise BenchError(f"{data}: question_id {qid}: {exc}") from None
         audio = media_root / "audio" / f"{video_id}.wav"
+        video = media_root / "videos" / f"{video_id}.mp4"
         items.append(
             Item(
                 fields={"question_id": qid},
                 prompt=question,
                 gold={"answer": answer, "group": group, "subtype": f"{group}/{kind}"},
                 group=str(qid),
-                video=media_root / "videos" / f"{video_id}.mp4",
+                video=video,
                 audio=audio if audio.is_file() else None,
                 soundtrack=not audio.is_file(),
             )
         )
-        videos.append((items[-1].video, f"question_id {qid}"))
+        videos.append((video, f"question_id {qid}"))
     check_exists(videos, "MUSIC-AVQA video")
     return items
 

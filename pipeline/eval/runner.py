@@ -127,7 +127,7 @@ def run_model(
         torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else torch.device("cpu")
     )
     model = load_model(args.model).eval().to(device)
-    out = {}
+    out: dict[str, list[str]] = {}
     for name, conditions in passes.items():
         texts = generate(
             model,
@@ -141,10 +141,11 @@ def run_model(
             fill=args.missing_fill,
         )
         if world > 1:
-            parts = [None] * world if rank == 0 else None
+            parts: list[dict[str, str] | None] | None = [None] * world if rank == 0 else None
             dist.gather_object(texts, parts, dst=0)
-            texts = {k: v for part in parts or [] for k, v in part.items()}
-        out[name] = [texts[item.key] for item in items] if rank == 0 else None
+            texts = {k: v for part in parts or [] if part for k, v in part.items()}
+        if rank == 0:
+            out[name] = [texts[item.key] for item in items]
     if owned:
         dist.destroy_process_group()
     return out if rank == 0 else None
@@ -154,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     rank = int(os.environ.get("RANK", 0))
     module = BENCHMARKS[args.bench]
+    outputs: dict[str, list[str]] | None = None
     try:
         check_args(args)
         items = module.load(args.data, args.media_root)
@@ -174,8 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         except BenchError as exc:  # a media file that exists but does not decode
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        if outputs is None:
-            return 0
+    if outputs is None:  # a rank other than 0: rank 0 scores and writes
+        return 0
     if args.missing_grid:
         return write_grid(args, module, items, outputs, passes)
     texts, conditions = outputs[args.bench], passes[args.bench]

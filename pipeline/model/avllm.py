@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -29,7 +30,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from pipeline.config import from_dict, to_dict
 from pipeline.modality import Modality, ModalityContext, modality_ids
 from pipeline.model.config import ModelConfig
-from pipeline.model.encoders import load_tower
+from pipeline.model.encoders import Tower, load_tower
 from pipeline.model.processor import PLACEHOLDERS, AVProcessor
 from pipeline.model.projectors import build_projector, tokens_out
 
@@ -54,7 +55,14 @@ def load_tokenizer(cfg: ModelConfig):
     return tokenizer
 
 
+def vocab_size(llm: PreTrainedModel) -> int:
+    """Rows of the LLM's input embedding."""
+    return cast(nn.Embedding, llm.get_input_embeddings()).num_embeddings
+
+
 class AVLLM(nn.Module):
+    llm: Any  # a transformers causal LM (PreTrainedModel + GenerationMixin), typed loosely by transformers itself
+
     def __init__(self, cfg: ModelConfig, llm: PreTrainedModel | None = None) -> None:
         """Compose from the paths in `cfg`; `llm` replaces loading `cfg.llm` (the merge passes a meta-device
         skeleton so that a 7B LLM is never materialised: it streams the LLM's weights itself)."""
@@ -65,7 +73,9 @@ class AVLLM(nn.Module):
         self.llm = (
             llm
             if llm is not None
-            else AutoModelForCausalLM.from_pretrained(cfg.llm, dtype=dtype, attn_implementation=cfg.attn_implementation)
+            else AutoModelForCausalLM.from_pretrained(
+                cfg.llm_dir, dtype=dtype, attn_implementation=cfg.attn_implementation
+            )
         )
         self._add_token_rows(len(self.tokenizer))
         width = self.llm.config.get_text_config().hidden_size
@@ -80,9 +90,9 @@ class AVLLM(nn.Module):
                 self.projectors[name] = build_projector(
                     kind, tower.hidden_size, width, cfg.qformer_queries, cfg.qformer_layers
                 ).to(dtype)
-        for module in (self.llm, self.vision, self.audio):
-            if module is not None:
-                module.requires_grad_(False)
+        for part in (self.llm, self.vision, self.audio):
+            for p in part.parameters() if part is not None else ():
+                p.requires_grad_(False)
         self.media_tokens = {self.tokenizer.convert_tokens_to_ids(p): m for p, m in PLACEHOLDERS.items()}
         self.token_id = {p: self.tokenizer.convert_tokens_to_ids(p) for p in PLACEHOLDERS}
         self.modality_contexts = {
@@ -101,13 +111,14 @@ class AVLLM(nn.Module):
         Deterministic on purpose: every composition of the same base (stage 1, stage 2, merge, eval) must have the
         same rows, or the head's logits for the media tokens (part of every softmax) would differ between them.
         """
-        old = self.llm.get_input_embeddings().num_embeddings
+        old = vocab_size(self.llm)
         if vocab <= old:
             return
         self.llm.resize_token_embeddings(vocab, mean_resizing=False)
         for layer in (self.llm.get_input_embeddings(), self.llm.get_output_embeddings()):
             if layer is not None:
-                layer.weight[old:] = layer.weight[:old].mean(0, keepdim=True)
+                weight = cast(torch.Tensor, layer.weight)
+                weight[old:] = weight[:old].mean(0, keepdim=True)
 
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> AVLLM:
@@ -182,7 +193,7 @@ class AVLLM(nn.Module):
             decoding = past is not None and past.get_seq_length() > 0
             self.modality_contexts["llm"].set_text(*input_ids.shape, device=input_ids.device, decoding=decoding)
 
-    def _project(self, name: str, tower: nn.Module, values: torch.Tensor | None) -> torch.Tensor:
+    def _project(self, name: str, tower: Tower, values: torch.Tensor | None) -> torch.Tensor:
         """Features [items, tokens, width] of one modality. Frozen towers run without autograd."""
         if values is None:  # keep every rank's collectives in step: run the tower on a dummy input
             values = tower.dummy_input().to(next(tower.parameters()).device)
@@ -209,14 +220,14 @@ class AVLLM(nn.Module):
         if self.audio is not None:
             feats = self._project("audio", self.audio, audio_values)
             parts.append(("<audio>", feats if audio_values is not None else None, feats))
-        for placeholder, feats, computed in parts:
+        for placeholder, chosen, computed in parts:
             mask = input_ids == self.token_id[placeholder]
-            if feats is None:
+            if chosen is None:
                 if mask.any():
                     raise ValueError(f"the batch has {placeholder} tokens but no {placeholder.strip('<>')} values")
                 embeds = embeds + computed.sum() * 0  # dummy pass: zero gradient, but the graph touches it
                 continue
-            flat = feats.reshape(-1, feats.shape[-1]).to(embeds.dtype)
+            flat = chosen.reshape(-1, chosen.shape[-1]).to(embeds.dtype)
             if int(mask.sum()) != flat.shape[0]:
                 raise ValueError(
                     f"{int(mask.sum())} {placeholder} tokens but {flat.shape[0]} feature vectors: "

@@ -48,5 +48,12 @@ class ModelConfig:
             raise ValueError(f"model.audio_window_seconds: must be positive, got {self.audio_window_seconds}")
 
     @property
+    def llm_dir(self) -> Path:
+        """`llm`, which `validate` made sure is set."""
+        if self.llm is None:
+            raise ValueError("model.llm: required (a local directory with a transformers causal LM)")
+        return self.llm
+
+    @property
     def torch_dtype(self) -> torch.dtype:
         return DTYPES[self.dtype]

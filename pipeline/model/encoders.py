@@ -10,15 +10,15 @@ registered for its checkpoint's `model_type` with `@tower(...)`; `load_tower` pi
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 from torch import nn
-from transformers import AutoConfig, AutoImageProcessor, CLIPVisionModel, SiglipVisionModel
+from transformers import AutoConfig, AutoImageProcessor, CLIPVisionModel, PreTrainedModel, SiglipVisionModel
 
 from pipeline.media import SAMPLE_RATE
 from pipeline.model.config import ModelConfig
@@ -37,6 +37,8 @@ class Tower(Protocol):
     def build_preprocessor(self) -> Any: ...
 
     def dummy_input(self) -> torch.Tensor: ...
+
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]: ...
 
     def save_pretrained(self, path: Path, max_shard_size: str) -> None: ...
 
@@ -100,7 +102,7 @@ def load_safetensors_prefix(path: Path, prefixes: tuple[str, ...]) -> dict[str, 
 class _SavedTower(nn.Module):
     """Saving: the encoder's weights and config, and its preprocessor, as a checkpoint directory."""
 
-    encoder: nn.Module
+    encoder: PreTrainedModel
 
     def build_preprocessor(self) -> Any:
         raise NotImplementedError
@@ -124,7 +126,7 @@ class VisionTower(_SavedTower):
         self.path = Path(path)
         self.feature_layer = cfg.vision_feature_layer
         pool = self.pool = cfg.vision_pool
-        vcfg = self.encoder.config
+        vcfg: Any = self.encoder.config  # transformers' configs type their fields loosely
         self.has_cls = vcfg.model_type.startswith("clip")
         self.grid = vcfg.image_size // vcfg.patch_size
         if self.grid % pool:
@@ -136,7 +138,7 @@ class VisionTower(_SavedTower):
         return AutoImageProcessor.from_pretrained(self.path, backend="pil")
 
     def dummy_input(self) -> torch.Tensor:
-        size = self.encoder.config.image_size
+        size = self.grid * self.encoder.config.patch_size
         return torch.zeros(1, 3, size, size, dtype=self.encoder.dtype)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -181,7 +183,7 @@ class WhisperAudioTower(_SavedTower):
         config.max_source_positions = positions
         self.encoder = WhisperEncoder(config)
         self.encoder.load_state_dict(state, strict=True)
-        self.encoder.to(dtype)
+        cast(nn.Module, self.encoder).to(dtype)  # transformers types its own `to` too narrowly for mypy
         self.window_seconds = window_seconds
         self.sample_rate = fe.sampling_rate
         self.pool = pool

@@ -96,7 +96,7 @@ class AVProcessor:
     def _messages(self, sample: AVSample) -> list[dict]:
         messages = []
         for i, turn in enumerate(sample.conversations):
-            role = ROLES.get(turn.get("from", turn.get("role")))
+            role = ROLES.get(str(turn.get("from", turn.get("role"))))
             if role is None or not isinstance(turn.get("value", turn.get("content")), str):
                 raise ValueError(
                     f"sample {sample_id(sample)}: conversations[{i}] needs 'from' "
@@ -113,7 +113,8 @@ class AVProcessor:
 
     def _spans(self, messages: list[dict], text: str) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
         """Character spans of the assistant turns (to train on) and of the user turns' contents (the question)."""
-        answers, questions = [], []
+        answers: list[tuple[int, int]] = []
+        questions: list[tuple[int, int]] = []
         cursor = 0
         for i, message in enumerate(messages):
             if message["role"] == "assistant":

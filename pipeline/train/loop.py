@@ -19,6 +19,7 @@ from collections import Counter
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import deepspeed
 import torch
@@ -152,14 +153,13 @@ def train(cfg: RunConfig, start_from: Path | None = None, task: int = 0) -> Path
 def _engine(cfg: RunConfig, model: torch.nn.Module, ds_config: dict, total: int) -> deepspeed.DeepSpeedEngine:
     """The DeepSpeed engine with AdamW and the warmup-cosine schedule over `total` steps."""
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optim_kwargs = dict(
-        lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps, weight_decay=cfg.optim.weight_decay
-    )
+    beta1, beta2 = cfg.optim.betas
+    optim_kwargs: dict[str, Any] = dict(lr=cfg.optim.lr, eps=cfg.optim.eps, weight_decay=cfg.optim.weight_decay)
     optimizer = None
     if offloads_optimizer(ds_config):  # DeepSpeed's CPU Adam works on the offloaded fp32 partitions
-        ds_config["optimizer"] = {"type": "AdamW", "params": {**optim_kwargs, "betas": list(optim_kwargs["betas"])}}
+        ds_config["optimizer"] = {"type": "AdamW", "params": {**optim_kwargs, "betas": [beta1, beta2]}}
     else:
-        optimizer = torch.optim.AdamW(trainable, **optim_kwargs)
+        optimizer = torch.optim.AdamW(trainable, betas=(beta1, beta2), **optim_kwargs)
     warmup = int(round(cfg.optim.warmup_ratio * total))
     engine, _, _, _ = deepspeed.initialize(
         model=model,

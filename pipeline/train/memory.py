@@ -20,7 +20,7 @@ def parameter_counts(cfg: RunConfig) -> tuple[int, int, int]:
     """(total parameters, trainable parameters, largest layer) of the composed model, counted on the meta device."""
     total = largest = 0
     with torch.device("meta"):
-        parts = [AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(cfg.model.llm))]
+        parts = [AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(cfg.model.llm_dir))]
         for path in (cfg.model.vision, cfg.model.audio):
             if path is not None:
                 parts.append(AutoModel.from_config(AutoConfig.from_pretrained(path)))

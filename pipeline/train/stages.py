@@ -16,8 +16,9 @@ from pipeline.rundir import TRAINABLES, RunDir, export_has, load_trainables
 from pipeline.train.config import RunConfig
 
 
-def check_stage1_run(stage1_run: Path | None) -> None:
-    """Fail early, in one line, when stage 2 has no stage-1 run or the run has no projector weights."""
+def check_stage1_run(stage1_run: Path | None) -> RunDir:
+    """The stage-1 run that stage 2 starts from; fails early, in one line, when there is none or it has no projector
+    weights."""
     if stage1_run is None:
         raise ValueError("stage1_run: stage 2 starts from a stage-1 run directory; set stage1_run=DIR")
     run = RunDir(stage1_run)
@@ -25,6 +26,7 @@ def check_stage1_run(stage1_run: Path | None) -> None:
         raise ValueError(f"stage1_run: {stage1_run} has no final/{TRAINABLES} (is it a finished stage-1 run?)")
     if not export_has(run.final, "projectors."):
         raise ValueError(f"stage1_run: {run.final / TRAINABLES} holds no projector weights (projectors.*)")
+    return run
 
 
 def build_model(cfg: RunConfig, start_from: Path | None = None, task: int = 0) -> tuple[AVLLM, AttachReport | None]:
@@ -35,7 +37,7 @@ def build_model(cfg: RunConfig, start_from: Path | None = None, task: int = 0) -
     if cfg.stage == 1:
         mark_trainable(model, ["projectors.*"])
     else:
-        load_trainables(model, RunDir(cfg.stage1_run).final, prefixes=("projectors.",))
+        load_trainables(model, check_stage1_run(cfg.stage1_run).final, prefixes=("projectors.",))
         report = attach(model, cfg.adapter)
         if start_from is not None:
             load_trainables(model, RunDir(start_from).final)
