@@ -24,7 +24,6 @@ class Modality(IntEnum):
     AUDIO = 2
 
 
-NON_TEXT = (Modality.VISUAL, Modality.AUDIO)
 MODALITIES = 3  # TEXT, VISUAL, AUDIO: the ids 0, 1, 2 (index per-modality stacks of adapter weights)
 
 

@@ -24,7 +24,6 @@ from typing import Any
 from pipeline.eval.bench import Item
 from pipeline.eval.report import flatten_metrics
 
-TEST_CONDITIONS = ("complete", "audio-missing", "visual-missing", "mixed")
 LOST = {"audio": "audio-missing", "visual": "visual-missing", None: "complete"}
 
 
