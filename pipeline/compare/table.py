@@ -28,6 +28,8 @@ from pathlib import Path
 
 from safetensors import safe_open
 
+from pipeline.rundir import MERGE_MANIFEST, TRAINABLES, RunDir
+
 FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
 
 
@@ -84,11 +86,11 @@ def count_params(trainables: Path) -> tuple[int, int]:
 
 
 def read_cell(cell: Path, adapter: str, seed: int) -> Cell:
-    run = cell / "run"
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    batch = json.loads((run / "ds_config.json").read_text())["train_batch_size"]
+    run = RunDir(cell / "run")
+    rows = [json.loads(line) for line in run.metrics.read_text().splitlines() if line.strip()]
+    batch = json.loads(run.ds_config.read_text())["train_batch_size"]
     dominance = [r["nontext_dominance"] for r in rows if "nontext_dominance" in r]
-    trainable, adapter_params = count_params(run / "final" / "trainables.safetensors")
+    trainable, adapter_params = count_params(run.final / TRAINABLES)
     result = json.loads((cell / "eval" / "metrics.json").read_text())
     return Cell(
         adapter=adapter,
@@ -97,7 +99,7 @@ def read_cell(cell: Path, adapter: str, seed: int) -> Cell:
         trainable=trainable,
         adapter_params=adapter_params,
         step_times=[batch / r["samples_per_s"] for r in rows],
-        merged=json.loads((cell / "merged" / "merge.json").read_text())["merged"],
+        merged=json.loads((cell / "merged" / MERGE_MANIFEST).read_text())["merged"],
         dominance=dominance[-1] if dominance else None,
     )
 

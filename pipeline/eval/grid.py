@@ -58,7 +58,9 @@ def relative_drop(complete: dict, other: dict) -> dict:
 
 def train_condition(checkpoint: Path | None) -> str:
     """How the checkpoint was trained, from merge.json's `missing` (the run's section); "complete" without one."""
-    manifest = checkpoint / "merge.json" if checkpoint is not None else None
+    from pipeline.rundir import MERGE_MANIFEST  # here: the input checks before a run import this module without torch
+
+    manifest = checkpoint / MERGE_MANIFEST if checkpoint is not None else None
     missing = json.loads(manifest.read_text()).get("missing") if manifest and manifest.is_file() else None
     if not missing or not missing.get("rate"):
         return "complete"
