@@ -2,7 +2,10 @@
 
 Raw layout under `root`: `<split>.json` (a list) or `<split>.jsonl` (one object per line), entries
 `{"id", "image" | "video" | "audio": path relative to root, "conversations": [{"from": "human"|"gpt", "value"}]}`.
-As in LLaVA, a media entry whose first human turn lacks its placeholder gets it prepended.
+Or, as LLaVA's own data comes (`llava_v1_5_mix665k.json` beside an image folder, LLaVA's `--image_folder`), one
+annotation file named anything and the media folder its paths are relative to: `records_from(file, media_dir)`.
+As in LLaVA, a media entry whose first human turn lacks its placeholder gets it prepended; an entry without media
+is a text-only conversation.
 """
 
 from __future__ import annotations
@@ -17,26 +20,29 @@ SOURCE = "llava"
 ROLES = ("human", "gpt")
 
 
-def _entries(root: Path, split: str) -> Iterator[tuple[str, dict | None, str]]:
-    """(location, entry or None, error) for each entry of the json list or jsonl file."""
-    jsonl, plain = root / f"{split}.jsonl", root / f"{split}.json"
-    if jsonl.exists():
-        for n, line in enumerate(jsonl.read_text().splitlines(), start=1):
+def _entries(path: Path) -> Iterator[tuple[str, dict | None, str]]:
+    """(location, entry or None, error) for each entry of a json list, or of a jsonl file (one object per line)."""
+    if path.suffix == ".jsonl":
+        try:
+            lines = path.read_text().splitlines()
+        except OSError as exc:
+            raise ValueError(f"{path}: cannot read the LLaVA-style jsonl ({exc.strerror or exc})") from None
+        for n, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
             try:
-                yield f"{jsonl}:{n}", json.loads(line), ""
+                yield f"{path}:{n}", json.loads(line), ""
             except json.JSONDecodeError as exc:
-                yield f"{jsonl}:{n}", None, f"not valid JSON ({exc.msg})"
+                yield f"{path}:{n}", None, f"not valid JSON ({exc.msg})"
         return
     try:
-        entries = json.loads(plain.read_text())
+        entries = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{plain}: cannot read the LLaVA-style json ({exc})") from None
+        raise ValueError(f"{path}: cannot read the LLaVA-style json ({exc})") from None
     if not isinstance(entries, list):
-        raise ValueError(f"{plain}: top level must be a list of conversations")
+        raise ValueError(f"{path}: top level must be a list of conversations")
     for i, entry in enumerate(entries):
-        yield f"{plain}[{i}]", entry, ""
+        yield f"{path}[{i}]", entry, ""
 
 
 def _check_conversations(conv: object) -> list[dict]:
@@ -49,7 +55,16 @@ def _check_conversations(conv: object) -> list[dict]:
 
 
 def records(root: Path, split: str) -> Iterator[Record | Skip]:
-    for where, entry, error in _entries(root, split):
+    """`<split>.jsonl` (if present) or `<split>.json` under `root`, media relative to `root`."""
+    jsonl = root / f"{split}.jsonl"
+    return records_from(jsonl if jsonl.exists() else root / f"{split}.json", root)
+
+
+def records_from(annotations: Path, media_dir: Path) -> Iterator[Record | Skip]:
+    """One annotation file (`.jsonl`: one object per line; else a json list), media paths relative to `media_dir`."""
+    if not media_dir.is_dir():
+        raise ValueError(f"{media_dir}: the media folder does not exist (the folder the json's paths start from)")
+    for where, entry, error in _entries(annotations):
         if entry is None:
             yield Skip(where, "malformed_json", f"{where}: {error}")
             continue
@@ -68,8 +83,8 @@ def records(root: Path, split: str) -> Iterator[Record | Skip]:
             id=str(entry["id"]),
             source=SOURCE,
             conversations=conv,
-            video=root / entry["video"] if "video" in entry else None,
-            audio=root / entry["audio"] if "audio" in entry else None,
-            images=[root / entry["image"]] if "image" in entry else [],
+            video=media_dir / entry["video"] if "video" in entry else None,
+            audio=media_dir / entry["audio"] if "audio" in entry else None,
+            images=[media_dir / entry["image"]] if "image" in entry else [],
             meta={k: v for k, v in entry.items() if k not in ("conversations", "image", "video", "audio")},
         )

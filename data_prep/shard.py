@@ -2,6 +2,11 @@
 
     python -m data_prep.shard --source music_avqa --root RAW --split train --out SHARDS [--maxcount 64] [--workers 4]
         [--predecode] [--num-frames 8]
+    python -m data_prep.shard --source llava --json mix665k.json --media-dir IMAGES --split train --out SHARDS
+
+`--json FILE --media-dir DIR` reads one annotation file named anything, its media paths relative to DIR (LLaVA's
+`--image_folder`; default: the file's folder), for the sources that read one (llava); `--split` then only names the
+output.
 
 Writes OUT/<source>-<split>-000000.tar ... and OUT/<source>-<split>.index.json (samples per shard, modality counts,
 skipped counts by reason). Bad raw entries are skipped with a reason; the run fails only if nothing valid was written.
@@ -80,14 +85,22 @@ def write_shards(
     predecode: bool = False,
     num_frames: int = 8,
     progress: bool = True,
+    annotations: Path | None = None,
 ) -> dict:
-    """Convert and shard; returns the index (also written to `index_path`). ValueError if nothing valid."""
+    """Convert and shard; returns the index (also written to `index_path`). ValueError if nothing valid.
+    With `annotations` (one file), `root` is the media folder its paths start from and `split` only names the output."""
     if source not in CONVERTERS:
         raise ValueError(f"--source must be one of {', '.join(CONVERTERS)}, got {source!r}")
     if maxcount < 1:
         raise ValueError(f"--maxcount must be at least 1, got {maxcount}")
+    if annotations is None:
+        items = list(CONVERTERS[source].records(root, split))
+    elif hasattr(CONVERTERS[source], "records_from"):
+        items = list(CONVERTERS[source].records_from(annotations, root))
+    else:
+        takes = ", ".join(name for name, module in CONVERTERS.items() if hasattr(module, "records_from"))
+        raise ValueError(f"--json: {source} reads its raw layout from --root; a single annotation file is for {takes}")
     out.mkdir(parents=True, exist_ok=True)
-    items = list(CONVERTERS[source].records(root, split))
     sink = _ShardSink(out, f"{source}-{split}", maxcount)
     skipped: Counter = Counter()
     examples: dict[str, str] = {}
@@ -142,17 +155,31 @@ class _Serial:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", required=True, choices=sorted(CONVERTERS))
-    parser.add_argument("--root", type=Path, required=True, help="raw dataset directory")
-    parser.add_argument("--split", required=True)
+    raw = parser.add_mutually_exclusive_group(required=True)
+    raw.add_argument("--root", type=Path, help="raw dataset directory")
+    raw.add_argument("--json", type=Path, help="one annotation file (llava: e.g. llava_v1_5_mix665k.json)")
+    parser.add_argument("--media-dir", type=Path, help="with --json: the folder its media paths start from")
+    parser.add_argument("--split", required=True, help="the split read under --root, or the output's name with --json")
     parser.add_argument("--out", type=Path, required=True, help="output directory for shards and index")
     parser.add_argument("--maxcount", type=int, default=256, help="samples per shard")
     parser.add_argument("--workers", type=int, default=1, help="parallel processes reading media")
     parser.add_argument("--predecode", action="store_true", help="store sampled jpg frames and 16 kHz flac audio")
     parser.add_argument("--num-frames", type=int, default=8, help="frames stored per video with --predecode")
     args = parser.parse_args(argv)
+    if args.media_dir is not None and args.json is None:
+        parser.error("--media-dir goes with --json (with --root, media paths start from the root)")
+    root = args.root if args.json is None else (args.media_dir or args.json.parent)
     try:
         index = write_shards(
-            args.source, args.root, args.split, args.out, args.maxcount, args.workers, args.predecode, args.num_frames
+            args.source,
+            root,
+            args.split,
+            args.out,
+            args.maxcount,
+            args.workers,
+            args.predecode,
+            args.num_frames,
+            annotations=args.json,
         )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)

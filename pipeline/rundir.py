@@ -2,7 +2,8 @@
 
     config.yaml              the resolved run config (what `launch/merge.py` reads the base model paths from)
     ds_config.json           the resolved DeepSpeed config
-    metrics.jsonl, tb/       the training log (json lines, TensorBoard), loss.png its curve
+    metrics.jsonl, loss.png  the training log (json lines) and its loss curve
+    tb/, wandb/, trackers.json  the experiment trackers' files (`train.report_to`) and their run ids (for resume)
     data_report.json         skipped samples by reason, unreadable shards, samples trained without a modality
     checkpoints/step-N/      DeepSpeed's files, rank-R.json + rank-R.safetensors, export/, and COMPLETE (written last)
     final/                   the export of the finished run
@@ -45,6 +46,7 @@ class RunDir:
         self.ds_config = self.root / "ds_config.json"
         self.metrics = self.root / "metrics.jsonl"
         self.tensorboard = self.root / "tb"
+        self.trackers = self.root / "trackers.json"
         self.loss_plot = self.root / "loss.png"
         self.data_report = self.root / "data_report.json"
         self.checkpoints = self.root / "checkpoints"

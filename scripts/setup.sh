@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Create (or reuse) .venv and install the project with its dev extra.
-# Without CUDA, the CPU build of torch 2.13.0 goes in first so that pip never pulls a multi-GB CUDA build.
+# Create (or reuse) .venv and install the project with its dev extra, at the versions of constraints.txt (the lock the
+# test suite passed with; scripts/lock.sh rewrites it). Torch goes in first, alone: without CUDA the CPU build of the
+# locked version, so that pip never pulls a multi-GB CUDA build; a torch already in the venv (a CUDA build of your
+# choice) is kept, and the rest is locked around it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -10,14 +12,12 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 PIP=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
 if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
-    if command -v nvidia-smi >/dev/null 2>&1; then
-        "${PIP[@]}" torch
-    else
-        "${PIP[@]}" torch==2.13.0
-    fi
+    "${PIP[@]}" -c constraints.txt torch
 fi
-stamp="$VENV/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
+torch_version=$("$VENV/bin/python" -c "import torch; print(torch.__version__.split('+')[0])")
+sed -E "s/^torch==.*/torch==$torch_version/" constraints.txt > "$VENV/constraints.txt"
+stamp="$VENV/.installed-$(cat pyproject.toml "$VENV/constraints.txt" | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
-    "${PIP[@]}" -e ".[dev]"
+    "${PIP[@]}" -c "$VENV/constraints.txt" -e ".[dev]"
     touch "$stamp"
 fi

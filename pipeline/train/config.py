@@ -9,6 +9,7 @@ from pipeline.adapters.config import AdapterConfig
 from pipeline.data.config import DataConfig, SourceConfig
 from pipeline.data.missing import MissingConfig
 from pipeline.model.config import ModelConfig
+from pipeline.train.trackers import check_report_to
 
 
 @dataclass
@@ -33,6 +34,8 @@ class TrainConfig:
     keep_last: int = 2
     dominance_every: int = 0  # log the Non-Text Dominance Rate every N steps (LoRA-family adapters)
     max_bad_steps: int = 5  # consecutive non-finite losses before saving and stopping
+    # experiment trackers (pipeline/train/trackers.py): tensorboard, wandb, mlflow; [] for none
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
 
 
 @dataclass
@@ -96,6 +99,7 @@ class RunConfig:
     def validate(self) -> None:
         if self.stage not in (1, 2):
             raise ValueError(f"stage: must be 1 or 2, got {self.stage}")
+        check_report_to(self.train.report_to)
         if self.train.device not in ("auto", "cuda", "cpu"):
             raise ValueError(f"train.device: '{self.train.device}' is not one of auto, cuda, cpu")
         if self.data.num_frames != self.model.num_frames:

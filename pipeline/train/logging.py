@@ -1,4 +1,5 @@
-"""Rank-0 training logs: a tqdm bar, `metrics.jsonl`, TensorBoard events under `tb/`, and `loss.png` at the end.
+"""Rank-0 training logs: a tqdm bar, `metrics.jsonl`, `loss.png` at the end, and the experiment trackers of
+`train.report_to` (`pipeline.train.trackers`: config, metrics and loss curve to each).
 
 Other ranks get a logger that does nothing, so the loop never branches on the rank to log.
 """
@@ -11,23 +12,31 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pipeline.rundir import RunDir
+from pipeline.train.trackers import TRACKERS, Tracker
 
 
 class MetricsLogger:
-    def __init__(self, run_dir: RunDir, total_steps: int, start_step: int, enabled: bool) -> None:
+    def __init__(
+        self, run_dir: RunDir, total_steps: int, start_step: int, enabled: bool, report_to: list[str], config: dict
+    ) -> None:
         self.enabled = enabled
         self.path = run_dir.metrics
         self.run_dir = run_dir
         if not enabled:
             return
-        from torch.utils.tensorboard import SummaryWriter
-
         if start_step == 0 and self.path.exists():
             self.path.unlink()
         elif start_step > 0 and self.path.exists():  # a resumed run drops what was logged after its checkpoint
             kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= start_step]
             self.path.write_text("".join(line + "\n" for line in kept))
-        self.writer = SummaryWriter(str(run_dir.tensorboard), purge_step=start_step + 1 if start_step else None)
+        ids = json.loads(run_dir.trackers.read_text()) if start_step and run_dir.trackers.exists() else {}
+        self.trackers: list[Tracker] = [
+            TRACKERS[name](run_dir, config, start_step, ids.get(name)) for name in report_to
+        ]
+        ids = {name: t.run_id for name, t in zip(report_to, self.trackers) if t.run_id is not None}
+        tmp = run_dir.trackers.with_suffix(".tmp")
+        tmp.write_text(json.dumps(ids, indent=2))
+        tmp.replace(run_dir.trackers)
         self.bar = tqdm(total=total_steps, initial=start_step, desc="train", dynamic_ncols=True)
 
     def log(self, metrics: dict) -> None:
@@ -36,9 +45,9 @@ class MetricsLogger:
         with self.path.open("a") as f:
             f.write(json.dumps(metrics) + "\n")
         step = metrics["step"]
-        for key, value in metrics.items():
-            if key != "step" and isinstance(value, (int, float)):
-                self.writer.add_scalar(f"train/{key}", value, step)
+        scalars = {k: v for k, v in metrics.items() if k != "step" and isinstance(v, (int, float))}
+        for tracker in self.trackers:
+            tracker.log(scalars, step)
         self.bar.n = step
         self.bar.set_postfix(
             loss=f"{metrics['loss']:.4f}",
@@ -56,8 +65,9 @@ class MetricsLogger:
         if not self.enabled:
             return
         self.bar.close()
-        self.writer.close()
         plot_loss(self.path, self.run_dir.loss_plot)
+        for tracker in self.trackers:
+            tracker.finish(self.run_dir.loss_plot)
 
 
 def plot_loss(metrics: Path, out: Path) -> None:

@@ -72,6 +72,7 @@ def config_hash(cfg: RunConfig) -> str:
     data = to_dict(cfg)
     for key in ("output_dir", "resume", "max_steps"):
         data.pop(key)
+    data["train"].pop("report_to")  # where the logs go does not change the trajectory
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -211,7 +212,7 @@ def prepare(cfg: RunConfig, start_from: Path | None, task: int) -> Session:
         state = load_checkpoint(engine, resume, chash)
         loader.load_state_dict(state["data"])
         step = state["step"]
-    log = MetricsLogger(run_dir, total, step, enabled=rank == 0)
+    log = MetricsLogger(run_dir, total, step, rank == 0, cfg.train.report_to, to_dict(cfg))
     if report is not None:
         log.note(f"adapter {report}")
     if resume is not None:

@@ -4,6 +4,7 @@ ZeRO-2/3 through the training loop: test_train_and_ship.py)."""
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import pytest
@@ -178,6 +179,9 @@ def test_moka_kv_cache_decoding_equals_full_recomputation():
     ids = modality_ids(3, 16, seed=2, pad=False)
     question = (ids == 0) & (torch.arange(16) >= 12)
     steps = 4
+    # the KV-cache keyword (and output field) of the installed transformers: `cache` in 5.x, where `past_key_values`
+    # is deprecated (removed in 5.40); `past_key_values` before
+    cache = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     with torch.no_grad():
         ctx.set(ids, question)
         out = model(input_ids=prompt, use_cache=True)
@@ -185,7 +189,7 @@ def test_moka_kv_cache_decoding_equals_full_recomputation():
         for _ in range(steps):
             tokens = torch.cat([tokens, cached[-1].argmax(-1, keepdim=True)], 1)
             ctx.set_text(3, 1, "cpu")
-            out = model(input_ids=tokens[:, -1:], past_key_values=out.past_key_values, use_cache=True)
+            out = model(input_ids=tokens[:, -1:], **{cache: getattr(out, cache)}, use_cache=True)
             cached.append(out.logits[:, -1])
         pad_text = torch.zeros(3, steps, dtype=torch.long)
         ctx.set(torch.cat([ids, pad_text], 1), torch.cat([question, pad_text.bool()], 1))

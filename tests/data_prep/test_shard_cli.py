@@ -72,3 +72,93 @@ def test_cli_entry_point(raw, tmp_path):
                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2])
     assert out.returncode == 0, out.stderr
     assert "audiocaps/test: 4 samples in 1 shards" in out.stdout
+
+
+def _llava_as_downloaded(tmp_path: Path) -> tuple[Path, Path]:
+    """LLaVA-1.5's layout: `llava_v1_5_mix665k.json` in one folder, images under another (`--image_folder`), the
+    json naming each image relative to it; one text-only conversation, one image that is not there."""
+    from data_prep import render
+
+    images = tmp_path / "playground" / "data"
+    render.write_jpg(images / "coco/train2017/000000033471.jpg", render.frame("red", "left", 22))
+    render.write_jpg(images / "gqa/images/2354786.jpg", render.frame("blue", "right", 10))
+    turns = [{"from": "human", "value": "What colour is the shape?"}, {"from": "gpt", "value": "Red."}]
+    entries = [
+        {"id": "000000033471", "image": "coco/train2017/000000033471.jpg", "conversations": turns},
+        {"id": "2354786", "image": "gqa/images/2354786.jpg", "conversations": turns},
+        {"id": "i6IyJda_0", "model": "", "conversations": [{"from": "human", "value": "Hi"},
+                                                            {"from": "gpt", "value": "Hello."}]},
+        {"id": "missing", "image": "vg/VG_100K/1.jpg", "conversations": turns},
+    ]
+    annotations = tmp_path / "annotations" / "llava_v1_5_mix665k.json"
+    annotations.parent.mkdir()
+    annotations.write_text(json.dumps(entries))
+    return annotations, images
+
+
+def test_llava_json_and_media_dir_as_downloaded(tmp_path):
+    annotations, images = _llava_as_downloaded(tmp_path)
+    out = tmp_path / "shards"
+    assert shard.main(["--source", "llava", "--json", str(annotations), "--media-dir", str(images), "--split", "train",
+                       "--out", str(out)]) == 0
+    index = json.loads((out / "llava-train.index.json").read_text())
+    assert index["total"] == 3 and index["modalities"] == {"images": 2}
+    assert index["skipped"] == {"missing_image": 1}
+    assert "vg/VG_100K/1.jpg" in index["skipped_examples"]["missing_image"]
+    names = _tar_names(out / index["shards"][0]["name"])
+    assert sum(n.endswith(".jpg") for n in names) == 2 and sum(n.endswith(".json") for n in names) == 3
+
+
+def test_llava_json_defaults_its_media_dir_to_its_folder(raw, tmp_path):
+    entries = json.loads((raw["llava"] / "train.json").read_text())
+    annotations = raw["llava"] / "renamed-mix.json"  # any name, beside its media
+    annotations.write_text(json.dumps(entries))
+    try:
+        index = shard.write_shards("llava", raw["llava"], "train", tmp_path, progress=False, annotations=annotations)
+    finally:
+        annotations.unlink()
+    assert index["total"] == N and index["skipped"] == {}
+
+
+def test_single_file_input_errors_name_the_flag(tmp_path, capsys):
+    annotations, images = _llava_as_downloaded(tmp_path)
+    assert shard.main(["--source", "audiocaps", "--json", str(annotations), "--split", "train",
+                       "--out", str(tmp_path / "o")]) == 1
+    assert "--json: audiocaps reads its raw layout from --root; a single annotation file is for llava" in \
+        capsys.readouterr().err
+    assert shard.main(["--source", "llava", "--json", str(annotations), "--media-dir", str(tmp_path / "nowhere"),
+                       "--split", "train", "--out", str(tmp_path / "o")]) == 1
+    assert f"{tmp_path / 'nowhere'}: the media folder does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        shard.main(["--source", "llava", "--root", str(tmp_path), "--media-dir", str(images), "--split", "train",
+                    "--out", str(tmp_path / "o")])
+    assert exit_.value.code == 2 and "--media-dir goes with --json" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_audiocaps_clips_as_downloaders_name_them(tmp_path):
+    """Clips named by audiocap_id, youtube_id, or youtube_id_start (int or float), wav or flac, all found as they
+    are; a row with none says which names were tried."""
+    import soundfile as sf
+
+    from data_prep import render
+
+    wave = render.waveform(1.0, [render.Beep(start=0.1, length=0.2)])
+    audio = tmp_path / "audio"
+    render.write_wav(audio / "91139.wav", wave)
+    render.write_wav(audio / "ytB.wav", wave)
+    render.write_wav(audio / "ytC_30.wav", wave)
+    audio.mkdir(exist_ok=True)
+    sf.write(audio / "ytD_30.000.flac", wave, render.SAMPLE_RATE, format="FLAC")
+    render.write_wav(audio / "ytE_12.5.wav", wave)
+    rows = [("91139", "ytA", "0"), ("2", "ytB", "10"), ("3", "ytC", "30"), ("4", "ytD", "30"), ("5", "ytE", "12.5"),
+            ("6", "ytF", "40")]
+    (tmp_path / "val.csv").write_text("audiocap_id,youtube_id,start_time,caption\n"
+                                      + "".join(f"{a},{y},{s},A beep.\n" for a, y, s in rows))
+    index = shard.write_shards("audiocaps", tmp_path, "val", tmp_path / "out", progress=False)
+    assert index["total"] == 5 and index["skipped"] == {"missing_audio": 1}
+    assert index["skipped_examples"]["missing_audio"] == (
+        f"{tmp_path / 'val.csv'}:7: no clip in {audio} named 6{{.wav,.flac}}, ytF{{.wav,.flac}}, "
+        "ytF_40{.wav,.flac}, ytF_40.0{.wav,.flac}, ytF_40.000{.wav,.flac}")
+    names = _tar_names(tmp_path / "out" / index["shards"][0]["name"])
+    assert sum(n.endswith(".wav") for n in names) == 4 and sum(n.endswith(".flac") for n in names) == 1
