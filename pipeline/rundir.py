@@ -12,10 +12,15 @@ the adapters' own tensors, frozen ones included (IMoD's partition masks, DeLo's 
 keyed by their names in the AVLLM, gathered from ZeRO-3 partitions on rank 0 — and `adapter.json`
 (`pipeline.adapters.io`'s format: the adapter config and adapted layers, or null for a stage-1 run). A shipped
 checkpoint (the merge's output) carries `merge.json`, its manifest.
+
+What is written here is durable before it is announced: files are flushed (`fsync_tree`) before the rename or marker
+that makes them visible, and a directory that cannot take a write (`check_space`: read-only, too little free space)
+fails with one line (`WriteError`) that names it and the space needed.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -83,6 +88,60 @@ def export_dir(checkpoint: Path) -> Path:
     return checkpoint / "export"
 
 
+class WriteError(OSError):
+    """A run, merge or eval output could not be written (full disk, read-only directory); the message is one line."""
+
+
+def _size(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def write_failed(path: Path, exc: OSError, needed: int | None = None) -> WriteError:
+    """The one-line error for an OSError while writing `path` (what the system said, the free space, the need)."""
+    where = path if path.exists() else path.parent
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    free = shutil.disk_usage(where).free
+    need = f", about {_size(needed)} needed" if needed else ""
+    return WriteError(exc.errno, f"{path}: cannot write ({exc.strerror or exc}); {_size(free)} free there{need}")
+
+
+def check_space(directory: Path, needed: int) -> None:
+    """Make `directory` and prove it takes a write and has `needed` bytes free; WriteError (one line) otherwise."""
+    probe = directory / f".write-probe-{os.getpid()}"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise write_failed(directory, exc, needed) from exc
+    free = shutil.disk_usage(directory).free
+    if free < needed:
+        raise WriteError(
+            28, f"{directory}: {_size(free)} free, about {_size(needed)} needed; free some space or write elsewhere"
+        )
+
+
+def fsync_tree(root: Path) -> None:
+    """Flush every file under `root` (or `root` itself), then the directories bottom-up, so that a marker or rename
+    that announces them is never on disk before they are."""
+    if root.is_file():
+        _fsync(root)
+        return
+    for dirpath, _, filenames in os.walk(root, topdown=False):
+        for name in filenames:
+            _fsync(Path(dirpath) / name)
+        _fsync(Path(dirpath))
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 
@@ -111,16 +170,24 @@ def gather_trainables(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def write_trainables(model: nn.Module, adapter_cfg: AdapterConfig | None, out: Path) -> None:
-    """Write the export `out/` atomically (a temp directory renamed into place) on rank 0; every rank must call it."""
+    """Write the export `out/` atomically (a temp directory, flushed, renamed into place) on rank 0; every rank must
+    call it. A failed write (WriteError) leaves the previous `out/`, if any, and no temp directory."""
     tensors = gather_trainables(model)
     if _rank() == 0:
         tmp = out.with_name(out.name + ".tmp")
+        needed = sum(t.numel() * t.element_size() for t in tensors.values())
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        save_file(tensors, str(tmp / TRAINABLES))
-        write_adapter_json(tmp, adapter_cfg, list(adapter_layers(model)))
+        check_space(tmp, needed)
+        try:
+            save_file(tensors, str(tmp / TRAINABLES))
+            write_adapter_json(tmp, adapter_cfg, list(adapter_layers(model)))
+            fsync_tree(tmp)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise write_failed(tmp, exc, needed) from exc
         shutil.rmtree(out, ignore_errors=True)
         tmp.rename(out)
+        _fsync(out.parent)
     _barrier()
 
 
