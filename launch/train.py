@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from pipeline.continual import run_continual
-    from pipeline.rundir import WriteError
+    from pipeline.storage import WriteError
     from pipeline.train.checkpoint import CheckpointError
     from pipeline.train.loop import TrainingStopped, close_distributed, collective_timeout, train
     from pipeline.train.preempt import PREEMPTED_EXIT, Preempted

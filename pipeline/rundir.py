@@ -13,14 +13,13 @@ keyed by their names in the AVLLM, gathered from ZeRO-3 partitions on rank 0 —
 (`pipeline.adapters.io`'s format: the adapter config and adapted layers, or null for a stage-1 run). A shipped
 checkpoint (the merge's output) carries `merge.json`, its manifest.
 
-What is written here is durable before it is announced: files are flushed (`fsync_tree`) before the rename or marker
-that makes them visible, and a directory that cannot take a write (`check_space`: read-only, too little free space)
-fails with one line (`WriteError`) that names it and the space needed.
+What is written here is durable before it is announced (`pipeline.storage`): files are flushed before the rename or
+marker that makes them visible, and a directory that cannot take a write (read-only, too little free space) fails
+with one line (`WriteError`) that names it and the space needed.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from pipeline.adapters import adapter_layers, adapter_state, attach
 from pipeline.adapters.config import AdapterConfig
 from pipeline.adapters.io import CONFIG_FILE as ADAPTER_JSON
 from pipeline.adapters.io import read_adapter_json, write_adapter_json
+from pipeline.storage import WriteError, check_space, fsync_path, fsync_tree, write_failed
 
 TRAINABLES = "trainables.safetensors"
 COMPLETE = "COMPLETE"
@@ -88,60 +88,6 @@ def export_dir(checkpoint: Path) -> Path:
     return checkpoint / "export"
 
 
-class WriteError(OSError):
-    """A run, merge or eval output could not be written (full disk, read-only directory); the message is one line."""
-
-
-def _size(n: float) -> str:
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
-
-
-def write_failed(path: Path, exc: OSError, needed: int | None = None) -> WriteError:
-    """The one-line error for an OSError while writing `path` (what the system said, the free space, the need)."""
-    where = path if path.exists() else path.parent
-    while not where.exists() and where != where.parent:
-        where = where.parent
-    free = shutil.disk_usage(where).free
-    need = f", about {_size(needed)} needed" if needed else ""
-    return WriteError(exc.errno, f"{path}: cannot write ({exc.strerror or exc}); {_size(free)} free there{need}")
-
-
-def check_space(directory: Path, needed: int) -> None:
-    """Make `directory` and prove it takes a write and has `needed` bytes free; WriteError (one line) otherwise."""
-    probe = directory / f".write-probe-{os.getpid()}"
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise write_failed(directory, exc, needed) from exc
-    free = shutil.disk_usage(directory).free
-    if free < needed:
-        raise WriteError(
-            28, f"{directory}: {_size(free)} free, about {_size(needed)} needed; free some space or write elsewhere"
-        )
-
-
-def fsync_tree(root: Path) -> None:
-    """Flush every file under `root` (or `root` itself), then the directories bottom-up, so that a marker or rename
-    that announces them is never on disk before they are."""
-    if root.is_file():
-        _fsync(root)
-        return
-    for dirpath, _, filenames in os.walk(root, topdown=False):
-        for name in filenames:
-            _fsync(Path(dirpath) / name)
-        _fsync(Path(dirpath))
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 
@@ -177,17 +123,23 @@ def write_trainables(model: nn.Module, adapter_cfg: AdapterConfig | None, out: P
         tmp = out.with_name(out.name + ".tmp")
         needed = sum(t.numel() * t.element_size() for t in tensors.values())
         shutil.rmtree(tmp, ignore_errors=True)
-        check_space(tmp, needed)
         try:
+            check_space(tmp, needed)
             save_file(tensors, str(tmp / TRAINABLES))
             write_adapter_json(tmp, adapter_cfg, list(adapter_layers(model)))
             fsync_tree(tmp)
-        except OSError as exc:
+        except WriteError:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise write_failed(tmp, exc, needed) from exc
+            raise
+        except Exception as exc:
+            failure = write_failed(tmp, exc, needed)  # judged before the temp directory frees its space
+            shutil.rmtree(tmp, ignore_errors=True)
+            if failure is None:
+                raise
+            raise failure from exc
         shutil.rmtree(out, ignore_errors=True)
         tmp.rename(out)
-        _fsync(out.parent)
+        fsync_path(out.parent)
     _barrier()
 
 

@@ -27,16 +27,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from pipeline.adapters.config import AdapterConfig
-from pipeline.rundir import (
-    COMPLETE,
-    RunDir,
-    WriteError,
-    check_space,
-    export_dir,
-    fsync_tree,
-    write_failed,
-    write_trainables,
-)
+from pipeline.rundir import COMPLETE, RunDir, export_dir, write_trainables
+from pipeline.storage import WriteError, check_space, fsync_path, fsync_tree, write_failed
 
 
 def _rank() -> int:
@@ -130,22 +122,31 @@ def save_checkpoint(
         (target / f"rank-{rank}.json").write_text(json.dumps({**rank_state, "step": step, "config_hash": config_hash}))
         write_trainables(engine.module, adapter_cfg, export_dir(target))
         fsync_tree(target)
+        _barrier()
+        if rank == 0:
+            _mark_complete(target, {"step": step, "config_hash": config_hash})
     except WriteError:
         raise
-    except OSError as exc:  # the directory has no COMPLETE marker: resume ignores it
-        raise write_failed(target, exc, needed) from exc
-    _barrier()
+    except Exception as exc:  # the directory has no COMPLETE marker: resume ignores it
+        failure = write_failed(target, exc, needed)
+        if failure is None:
+            raise
+        raise failure from exc
     if rank == 0:
-        files = {str(p.relative_to(target)): p.stat().st_size for p in sorted(target.rglob("*")) if p.is_file()}
-        marker = target / (COMPLETE + ".tmp")
-        marker.write_text(json.dumps({"step": step, "config_hash": config_hash, "files": files}))
-        fsync_tree(marker)
-        marker.rename(target / COMPLETE)
-        fsync_tree(target)
         for old in run_dir.complete_checkpoints()[:-keep_last] if keep_last > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
     _barrier()
     return target
+
+
+def _mark_complete(target: Path, info: dict) -> None:
+    """Write COMPLETE (the files and their sizes) through a flushed temp file and a rename, then flush the rename."""
+    files = {str(p.relative_to(target)): p.stat().st_size for p in sorted(target.rglob("*")) if p.is_file()}
+    marker = target / (COMPLETE + ".tmp")
+    marker.write_text(json.dumps({**info, "files": files}))
+    fsync_path(marker)
+    marker.rename(target / COMPLETE)
+    fsync_path(target)
 
 
 def damage(checkpoint: Path, rank: int = 0, world: int = 1) -> list[str]:
