@@ -23,7 +23,8 @@ def test_too_little_room_names_the_free_and_the_needed_space(small_disk):
     check_space(disk / "fits", 100 * 1024)
     with pytest.raises(WriteError) as caught:
         check_space(disk / "big", 10 * 2**20)
-    assert str(caught.value) == f"{disk / 'big'}: 0.2 MiB free, about 10.0 MiB needed; free some space or write elsewhere"
+    expected = f"{disk / 'big'}: 0.2 MiB free, about 10.0 MiB needed; free some space or write elsewhere"
+    assert str(caught.value) == expected
     assert caught.value.errno == errno.ENOSPC
 
 
