@@ -9,9 +9,9 @@ it is loaded (sizes against the marker, the zip CRCs of DeepSpeed's files, the s
 checkpoint damaged later is skipped for the one before it.
 
 Before writing, every rank checks that the checkpoint directory takes a write and has room for a checkpoint (the
-size of the previous one, or an estimate); otherwise every rank stops with one line (`WriteError`) before anything
-is written (`CheckpointError`), and the previous complete checkpoint stays as it was. A write that fails anyway
-(`WriteError`, on the rank that failed) leaves a directory without the marker, which resume ignores.
+size of the previous one, or an estimate); otherwise every rank raises the same one-line `CheckpointError` before
+anything is written, and the previous complete checkpoint stays as it was. A write that fails anyway (a one-line
+`WriteError` on the rank that failed) leaves a directory without the marker, which resume ignores.
 """
 
 from __future__ import annotations
@@ -77,8 +77,9 @@ def checkpoint_bytes(engine, run_dir: RunDir) -> int:
         if files:
             return int(sum(files.values()) * 1.1)
     params = list(engine.module.parameters())
-    module = sum(p.numel() * p.element_size() for p in params)
-    trainable = sum(p.numel() for p in params if p.requires_grad)
+    numel = [getattr(p, "ds_numel", p.numel()) for p in params]  # ZeRO-3 keeps the full size in ds_numel
+    module = sum(n * p.element_size() for n, p in zip(numel, params))
+    trainable = sum(n for n, p in zip(numel, params) if p.requires_grad)
     return int((module + trainable * 4 * 4) * 1.1)
 
 
