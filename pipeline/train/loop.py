@@ -18,7 +18,7 @@ import json
 import os
 import time
 from collections import Counter
-from contextlib import closing, nullcontext
+from contextlib import closing, nullcontext, suppress
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -184,7 +184,12 @@ def train(cfg: RunConfig, start_from: Path | None = None, task: int = 0) -> Path
     `pipeline.train.stages.build_model` (continual sequences)."""
     with StopRequest() as stop:
         session = prepare(cfg, start_from, task, stop)
-        run_steps(session)
+        try:
+            run_steps(session)
+        except BaseException:  # a stop, or an error: end the progress bar's line before the message
+            with suppress(Exception):  # (a full disk must not hide the error that is on its way)
+                session.log.close()
+            raise
         finish(session)
     return session.run_dir.root
 
@@ -365,7 +370,6 @@ def end_step(s: Session, window: Window) -> None:
         if not saving:
             s.save()
         why = s.stop.signal.name if s.stop.signal else "a stop signal on another rank"
-        s.log.close()
         raise Preempted(
             f"{why}: stopped after step {s.step} of {s.total} with a complete checkpoint in "
             f"{s.run_dir.checkpoint(s.step)}; run again with resume=auto to continue"
