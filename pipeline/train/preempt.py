@@ -33,6 +33,8 @@ class StopRequest:
             self._previous = {sig: signal.signal(sig, self._record) for sig in STOP_SIGNALS}
         except ValueError:  # not the main thread
             self._previous = {}
+        for sig in self._previous:  # system calls in C++ (torch.save, gloo) restart instead of failing with EINTR
+            signal.siginterrupt(sig, False)
         return self
 
     def __exit__(self, *exc: object) -> None:

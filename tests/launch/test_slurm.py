@@ -99,11 +99,12 @@ def start(cmd: list[str], env: dict[str, str], out_dir: Path, output: Path, *mor
 
 
 def sbatch(cluster: dict[str, str], script: str, tmp: Path, name: str, *args: str, **env_extra: str) -> Launch:
-    """Submit a script from the repo root on 2 nodes x 1 CPU rank; `sbatch --wait` exits with the job's code."""
+    """Submit a script from the repo root on 2 nodes x 1 CPU rank; `sbatch --wait` exits with the job's code. The
+    time limit stays above train.sbatch's `--signal=B:USR1@300`, which would otherwise stop the run at once."""
     env = {**run_env(cluster), "GPUS_PER_NODE": "1", **env_extra}
     log = tmp / f"{name}.log"
     cmd = ["sbatch", "--wait", "--nodes=2", "--gpus-per-node=0", "--cpus-per-task=1", "--partition=test",
-           "--time=5", f"--output={log}", script, *args]
+           "--time=30", f"--output={log}", script, *args]
     return start(cmd, env, tmp / name, tmp / f"{name}.sbatch.out", log)
 
 
