@@ -12,6 +12,7 @@ import time
 import torch
 from safetensors.torch import load_file
 
+from pipeline.train.preempt import StopRequest
 from tests.train.conftest import REPO, common_overrides, launch_env, metrics, run_train, train_cmd
 
 CONFIG = REPO / "configs/demo/stage1.yaml"
@@ -70,3 +71,14 @@ def test_sigterm_mid_run_saves_a_checkpoint_and_resume_matches(train_data, tmp_p
     assert a.keys() == b.keys()
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-6)
+
+
+def test_stop_request_records_the_signal_and_gives_the_handler_back():
+    before = signal.getsignal(signal.SIGUSR1)
+    with StopRequest() as stop:
+        assert stop.signal is None
+        os.kill(os.getpid(), signal.SIGUSR1)  # the process survives: the handler only records it
+        assert stop.signal == signal.SIGUSR1
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.signal == signal.SIGTERM
+    assert signal.getsignal(signal.SIGUSR1) == before
