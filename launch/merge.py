@@ -19,6 +19,7 @@ import sys
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from pipeline.merge import merge_run  # noqa: E402
+from pipeline.storage import WriteError  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except WriteError as exc:  # a full disk or read-only --out: nothing half-written is left
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     print(f"merged checkpoint: {out}")
     return 0
 

@@ -7,6 +7,10 @@
     torchrun --nproc_per_node N launch/train.py --config ... (works too)
     python launch/train.py --config C --estimate-memory [--gpus-per-node 8 --nodes 2]
 
+Exit status: 0 done; 1 no intact checkpoint to resume from, or no room to write (one line naming the directory and the
+space needed); 2 bad input (before any process group starts); 3 stopped by non-finite losses (checkpoint saved);
+75 stopped by SIGTERM or SIGUSR1 after a complete checkpoint (rerun with resume=auto; train.sbatch requeues).
+
 Every check that can fail on the user's input (config keys and types, paths, shards, the stage-1 run, batch sizes
 against the DeepSpeed JSON) runs before any process group starts.
 """
@@ -62,7 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from pipeline.continual import run_continual
-    from pipeline.train.loop import TrainingStopped, close_distributed, train
+    from pipeline.storage import WriteError
+    from pipeline.train.checkpoint import CheckpointError
+    from pipeline.train.loop import TrainingStopped, close_distributed, collective_timeout, train
+    from pipeline.train.preempt import PREEMPTED_EXIT, Preempted
 
     try:
         run_dir = run_continual(cfg) if cfg.continual.tasks else train(cfg)
@@ -70,6 +77,25 @@ def main(argv: list[str] | None = None) -> int:
         close_distributed()
         print(f"error: {exc}", file=sys.stderr)
         return 3
+    except CheckpointError as exc:  # raised on every rank alike
+        close_distributed()
+        if int(os.environ.get("RANK", 0)) == 0:
+            print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except WriteError as exc:  # on the rank that failed, while the others wait in a collective: leave at once
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        os._exit(1)
+    except Preempted as exc:  # SIGTERM/SIGUSR1: every rank stops at the same step, after a complete checkpoint
+        close_distributed()
+        if int(os.environ.get("RANK", 0)) == 0:
+            print(f"preempted: {exc}", file=sys.stderr)
+        return PREEMPTED_EXIT
+    except RuntimeError as exc:  # a peer that died or hangs: one line, then leave without the collective teardown
+        message = collective_timeout(exc, cfg)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        os._exit(1)
     close_distributed()
     if int(os.environ.get("RANK", 0)) == 0:
         print(f"run directory: {run_dir}")

@@ -160,7 +160,7 @@ def run_continual(cfg: RunConfig) -> Path:
     root = Path(cfg.output_dir)
     tasks = cfg.continual.tasks
     device = pick_device(cfg)
-    init_distributed(device)
+    init_distributed(device, cfg.train.collective_timeout_minutes)
     rank, world = dist.get_rank(), dist.get_world_size()
     if rank == 0:
         root.mkdir(parents=True, exist_ok=True)

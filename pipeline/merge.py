@@ -42,6 +42,7 @@ from pipeline.model.avllm import AVLLM, KEPT_ADAPTER_DIR, vocab_size
 from pipeline.model.config import DTYPES, ModelConfig
 from pipeline.model.shards import ShardReader, ShardWriter, file_sha256
 from pipeline.rundir import MERGE_MANIFEST, TRAINABLES, RunDir, export_has, load_trainables, read_export
+from pipeline.storage import write_failed
 
 FORMAT = "avtrain-merge/1"
 BIAS_FLAGS = ("attention_bias", "mlp_bias")
@@ -316,7 +317,16 @@ def merge_run(
             out.rename(old)
         tmp.rename(out)
         shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+    except BaseException as exc:
+        failure = write_failed(tmp, exc, _base_bytes(source)) if isinstance(exc, Exception) else None
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        if failure is None:
+            raise
+        raise failure from exc
     return out
+
+
+def _base_bytes(source: Source) -> int:
+    """About what the output takes: the base model's files."""
+    dirs = [Path(p) for p in (source.model.llm, source.model.vision, source.model.audio) if p]
+    return sum(f.stat().st_size for d in dirs if d.is_dir() for f in d.rglob("*") if f.is_file())

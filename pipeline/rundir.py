@@ -13,6 +13,10 @@ the adapters' own tensors, frozen ones included (IMoD's partition masks, DeLo's 
 keyed by their names in the AVLLM, gathered from ZeRO-3 partitions on rank 0 — and `adapter.json`
 (`pipeline.adapters.io`'s format: the adapter config and adapted layers, or null for a stage-1 run). A shipped
 checkpoint (the merge's output) carries `merge.json`, its manifest.
+
+What is written here is durable before it is announced (`pipeline.storage`): files are flushed before the rename or
+marker that makes them visible, and a directory that cannot take a write (read-only, too little free space) fails
+with one line (`WriteError`) that names it and the space needed.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from pipeline.adapters import adapter_layers, adapter_state, attach
 from pipeline.adapters.config import AdapterConfig
 from pipeline.adapters.io import CONFIG_FILE as ADAPTER_JSON
 from pipeline.adapters.io import read_adapter_json, write_adapter_json
+from pipeline.storage import WriteError, check_space, fsync_path, fsync_tree, write_failed
 
 TRAINABLES = "trainables.safetensors"
 COMPLETE = "COMPLETE"
@@ -113,16 +118,30 @@ def gather_trainables(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def write_trainables(model: nn.Module, adapter_cfg: AdapterConfig | None, out: Path) -> None:
-    """Write the export `out/` atomically (a temp directory renamed into place) on rank 0; every rank must call it."""
+    """Write the export `out/` atomically (a temp directory, flushed, renamed into place) on rank 0; every rank must
+    call it. A failed write (WriteError) leaves the previous `out/`, if any, and no temp directory."""
     tensors = gather_trainables(model)
     if _rank() == 0:
         tmp = out.with_name(out.name + ".tmp")
+        needed = sum(t.numel() * t.element_size() for t in tensors.values())
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        save_file(tensors, str(tmp / TRAINABLES))
-        write_adapter_json(tmp, adapter_cfg, list(adapter_layers(model)))
+        try:
+            check_space(tmp, needed)
+            save_file(tensors, str(tmp / TRAINABLES))
+            write_adapter_json(tmp, adapter_cfg, list(adapter_layers(model)))
+            fsync_tree(tmp)
+        except WriteError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        except Exception as exc:
+            failure = write_failed(tmp, exc, needed)  # judged before the temp directory frees its space
+            shutil.rmtree(tmp, ignore_errors=True)
+            if failure is None:
+                raise
+            raise failure from exc
         shutil.rmtree(out, ignore_errors=True)
         tmp.rename(out)
+        fsync_path(out.parent)
     _barrier()
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS: list[tuple[str, ...]] = [  # lowest first; each entry a unit (a package or a module)
-    ("pipeline.config", "pipeline.modality", "pipeline.media", "pipeline.formats"),
+    ("pipeline.config", "pipeline.modality", "pipeline.media", "pipeline.formats", "pipeline.storage"),
     ("pipeline.model",),
     ("pipeline.adapters",),
     ("pipeline.data",),

@@ -99,3 +99,29 @@ def stage1_run(train_data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "stage1"
     return run_train(REPO / "configs/demo/stage1.yaml", common_overrides(train_data, out, max_steps=8, **{
         "train.epochs": 2, "optim.lr": 3e-3}))
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """Factory: `small_disk(kib, read_only=False)` mounts a real tmpfs of that size under tmp_path (a full disk, or a
+    read-only one, for the write-failure tests); unmounted afterwards. Skips where mounting is not allowed (not root,
+    no CAP_SYS_ADMIN)."""
+    import subprocess
+
+    mounts: list[Path] = []
+
+    def mount(kib: int, read_only: bool = False) -> Path:
+        where = tmp_path / f"disk-{len(mounts)}"
+        where.mkdir()
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs", str(where)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here (needs root and mount rights): {proc.stderr.strip()}")
+        mounts.append(where)
+        if read_only:
+            subprocess.run(["mount", "-o", "remount,ro", str(where)], check=True)
+        return where
+
+    yield mount
+    for where in reversed(mounts):
+        subprocess.run(["umount", str(where)], check=True)

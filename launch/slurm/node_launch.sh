@@ -21,6 +21,12 @@ if [[ $SLURM_NODEID == 0 ]]; then
   echo "[node_launch] $SLURM_JOB_NUM_NODES nodes x $GPUS_PER_NODE ranks," \
        "master $master_host ($master_addr:$MASTER_PORT), entry $entry" >&2
 fi
+# RANKS_STOP_ON_SIGNAL=1 (train.sbatch): stop signals (SIGUSR1 from train.sbatch, SIGTERM from SLURM) are for the
+# ranks, which finish their step, save a checkpoint and exit 75. Ignored here, they are also ignored by the DeepSpeed
+# launcher processes started below (they inherit the disposition; the ranks install their own handlers), so no
+# launcher dies before its ranks and the ranks' status reaches srun. (DeepSpeed's per-node launcher installs its own
+# SIGTERM handler all the same: a direct SIGTERM gives the ranks 30 s before it kills them and exits 1.)
+if [[ ${RANKS_STOP_ON_SIGNAL:-0} == 1 ]]; then trap '' USR1 TERM; fi
 # Not exec: the trap removes the hostfile afterwards; srun signals the whole step on cancel.
 deepspeed --hostfile "$hostfile" --no_ssh --node_rank "$SLURM_NODEID" --num_nodes "$SLURM_JOB_NUM_NODES" \
   --num_gpus "$GPUS_PER_NODE" --master_addr "$master_addr" --master_port "$MASTER_PORT" --no_local_rank \

@@ -22,7 +22,7 @@ import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -54,6 +54,7 @@ class ShardLoader:
     `skipped` counts skipped samples by reason (bad_json, bad_video, bad_audio, bad_image, missing_media,
     placeholder_mismatch, rejected_by_processor, unreadable_shard) and `bad_shards` names the shards that failed.
     With `missing` (see `pipeline.data.missing`), `missing` counts the samples handed out without audio or visual.
+    `worker_init` runs first in every DataLoader worker (the training loop makes workers outlive its stop signals).
     """
 
     def __init__(
@@ -63,6 +64,7 @@ class ShardLoader:
         rank: int | None = None,
         world_size: int | None = None,
         missing: MissingConfig | None = None,
+        worker_init: Callable[[int], None] | None = None,
     ) -> None:
         cfg.validate()
         if missing is not None:
@@ -71,6 +73,7 @@ class ShardLoader:
         self.cfg = cfg
         self.processor = processor
         self.missing_cfg = missing
+        self.worker_init = worker_init
         self.rank = env_rank if rank is None else rank
         self.world_size = env_world if world_size is None else world_size
         if not 0 <= self.rank < self.world_size:
@@ -104,7 +107,11 @@ class ShardLoader:
             self.cfg, plan, self.rank, self.epoch, self.processor, dict(self.workers), self.missing_cfg
         )
         loader = torch.utils.data.DataLoader(
-            stream, batch_size=None, num_workers=self.cfg.num_workers, collate_fn=_identity
+            stream,
+            batch_size=None,
+            num_workers=self.cfg.num_workers,
+            collate_fn=_identity,
+            worker_init_fn=self.worker_init,
         )
         for item in loader:
             self.skipped.update(item["skipped"])

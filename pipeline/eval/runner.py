@@ -29,7 +29,9 @@ from types import ModuleType
 from pipeline.eval import BENCHMARKS, grid
 from pipeline.eval.bench import BenchError, Item, assign_conditions
 from pipeline.eval.report import markdown, prediction_lines, read_predictions, score_conditions, write
+from pipeline.storage import WriteError, check_space, write_failed
 
+OUT_BYTES = 2**20  # room --out needs for predictions and metrics, checked before the model runs
 CONFIG_FILE = "avllm.json"  # pipeline.model.avllm.CONFIG_FILE, without importing torch before the checks
 
 
@@ -166,7 +168,9 @@ def main(argv: list[str] | None = None) -> int:
             outputs, passes = {args.bench: texts}, {args.bench: conditions}
         else:
             passes = plan(args, items)
-    except BenchError as exc:
+        if rank == 0:  # a full disk or read-only --out fails now, not after the model has run
+            check_space(args.out, OUT_BYTES)
+    except (BenchError, WriteError) as exc:
         if rank == 0:
             print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -178,11 +182,18 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     if outputs is None:  # a rank other than 0: rank 0 scores and writes
         return 0
-    if args.missing_grid:
-        return write_grid(args, module, items, outputs, passes)
-    texts, conditions = outputs[args.bench], passes[args.bench]
-    result = score_conditions(args.bench, module, items, texts, conditions)
-    write(args.out, prediction_lines(items, texts, conditions), result, module.POINT_METRICS)
+    try:
+        if args.missing_grid:
+            return write_grid(args, module, items, outputs, passes)
+        texts, conditions = outputs[args.bench], passes[args.bench]
+        result = score_conditions(args.bench, module, items, texts, conditions)
+        write(args.out, prediction_lines(items, texts, conditions), result, module.POINT_METRICS)
+    except OSError as exc:
+        failure = write_failed(args.out, exc)
+        if failure is None:
+            raise
+        print(f"error: {failure}", file=sys.stderr)
+        return 1
     print(markdown(result, module.POINT_METRICS), end="")
     print(f"wrote {args.out}/predictions.jsonl, metrics.json, results.md")
     return 0

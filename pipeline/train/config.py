@@ -36,6 +36,7 @@ class TrainConfig:
     max_bad_steps: int = 5  # consecutive non-finite losses before saving and stopping
     # experiment trackers (pipeline/train/trackers.py): tensorboard, wandb, mlflow; [] for none
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    collective_timeout_minutes: float = 30.0  # a collective that waits longer for a rank ends the job (dead peer)
 
 
 @dataclass
@@ -109,6 +110,11 @@ class RunConfig:
             )
         if self.optim.gradient_accumulation_steps < 1 or self.max_steps < 0 or self.train.epochs < 1:
             raise ValueError("optim.gradient_accumulation_steps and train.epochs must be >= 1, max_steps >= 0")
+        if not self.train.collective_timeout_minutes > 0:
+            raise ValueError(
+                f"train.collective_timeout_minutes: must be > 0 (minutes, fractions allowed), "
+                f"got {self.train.collective_timeout_minutes}"
+            )
         if self.continual.tasks and self.stage != 2:
             raise ValueError("continual.tasks: a task sequence instruction-tunes adapters; set stage: 2")
         if self.continual.tasks and self.resume not in ("auto", "none"):

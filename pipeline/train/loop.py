@@ -7,6 +7,8 @@ A step is one optimizer step over `gradient_accumulation_steps` micro-batches on
 `Window`). Checkpoints are taken at step boundaries, so a resumed run replays exactly the micro-batches an
 uninterrupted run would have seen next. A non-finite loss on any rank drops that micro-batch on every rank (no
 backward, so ranks stay in step); after `train.max_bad_steps` in a row the run saves a checkpoint and stops.
+SIGTERM or SIGUSR1 (a cluster's preemption or time-limit warning) stops every rank after the current step with a
+complete checkpoint (`pipeline.train.preempt`).
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ import json
 import os
 import time
 from collections import Counter
-from contextlib import nullcontext
+from contextlib import closing, nullcontext, suppress
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +34,11 @@ from pipeline.adapters.dominance import DominanceProbe
 from pipeline.config import save_config, to_dict
 from pipeline.data.loader import ShardLoader
 from pipeline.rundir import RunDir, write_trainables
-from pipeline.train.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.train.checkpoint import CheckpointError, damage, load_checkpoint, save_checkpoint
 from pipeline.train.config import RunConfig
 from pipeline.train.ds_config import offloads_optimizer, resolve_ds_config
 from pipeline.train.logging import MetricsLogger
+from pipeline.train.preempt import Preempted, StopRequest, ignore_stop_signals
 from pipeline.train.stages import build_model, check_stage1_run
 
 
@@ -52,11 +56,29 @@ def pick_device(cfg: RunConfig) -> torch.device:
     return torch.device("cpu")
 
 
-def init_distributed(device: torch.device) -> None:
+def init_distributed(device: torch.device, timeout_minutes: float = 30.0) -> None:
+    """The process group; a collective that waits `timeout_minutes` for a peer fails (gloo: an exception,
+    `collective_timeout`; NCCL: its watchdog ends the process), so a dead or hung rank ends the job."""
     if device.type == "cpu":
         # DeepSpeed JIT-compiles a shared-memory all-reduce op for CPU at init (~30 s); gloo does not need it.
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-    deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
+    deepspeed.init_distributed(
+        dist_backend="nccl" if device.type == "cuda" else "gloo", timeout=timedelta(minutes=timeout_minutes)
+    )
+
+
+def collective_timeout(exc: BaseException, cfg: RunConfig) -> str | None:
+    """The one-line error for a collective that timed out waiting for a peer (None: `exc` is something else). Gloo
+    does not say which rank went silent, only which operation waited; the line names this rank and that."""
+    text = str(exc)
+    if "Timed out" not in text and "timed out" not in text:
+        return None
+    backend = text.strip().splitlines()[0]
+    return (
+        f"rank {dist.get_rank() if dist.is_initialized() else 0}: another rank did not answer a collective within "
+        f"train.collective_timeout_minutes={cfg.train.collective_timeout_minutes:g} (it died or hangs; see its log); "
+        f"backend: {backend}"
+    )
 
 
 def close_distributed() -> None:
@@ -68,11 +90,13 @@ def close_distributed() -> None:
 
 
 def config_hash(cfg: RunConfig) -> str:
-    """Identity of what determines the training trajectory (not where it is written, nor how long it runs)."""
+    """Identity of what determines the training trajectory (not where it is written, how long it runs, or how long a
+    collective waits for a peer)."""
     data = to_dict(cfg)
     for key in ("output_dir", "resume", "max_steps"):
         data.pop(key)
     data["train"].pop("report_to")  # where the logs go does not change the trajectory
+    data["train"].pop("collective_timeout_minutes")
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -86,13 +110,30 @@ def _all_sum(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
-def _resume_point(cfg: RunConfig, run_dir: RunDir) -> Path | None:
+def _resume_point(cfg: RunConfig, run_dir: RunDir, notes: list[str]) -> Path | None:
+    """The checkpoint to resume from: `cfg.resume`, or with auto the newest complete one that is intact (`damage`,
+    the files split over the ranks); a damaged one is skipped with a note. CheckpointError when none is intact."""
     if cfg.resume == "none":
         return None
-    if cfg.resume != "auto":
-        return Path(cfg.resume)
-    found = run_dir.complete_checkpoints()
-    return found[-1] if found else None
+    auto = cfg.resume == "auto"
+    candidates = list(reversed(run_dir.complete_checkpoints())) if auto else [Path(cfg.resume)]
+    for checkpoint in candidates:
+        gathered: list = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, damage(checkpoint, dist.get_rank(), dist.get_world_size()))
+        problems = [p for part in gathered for p in part]
+        if not problems:
+            return checkpoint
+        if not auto:
+            raise CheckpointError(f"resume: {checkpoint} is damaged: {problems[0]}")
+        notes.append(
+            f"resume: skipping damaged checkpoint {checkpoint} ({len(problems)} bad files, e.g. {problems[0]})"
+        )
+    if candidates:
+        raise CheckpointError(
+            f"resume=auto: no checkpoint in {run_dir.checkpoints} is intact ({notes[-1]}); "
+            "set resume=none and a new output_dir to start over"
+        )
+    return None
 
 
 @dataclass
@@ -122,6 +163,7 @@ class Session:
     config_hash: str
     log: MetricsLogger
     dominance_every: int  # 0: the adapter has no A to probe, or no probing asked for
+    stop: StopRequest  # a stop signal this rank received
     step: int = 0
     bad_in_row: int = 0
     dropped: int = 0
@@ -142,9 +184,15 @@ class Session:
 def train(cfg: RunConfig, start_from: Path | None = None, task: int = 0) -> Path:
     """Run one stage; returns the run directory (`pipeline.rundir` describes it). `start_from` and `task`: see
     `pipeline.train.stages.build_model` (continual sequences)."""
-    session = prepare(cfg, start_from, task)
-    run_steps(session)
-    finish(session)
+    with StopRequest() as stop:
+        session = prepare(cfg, start_from, task, stop)
+        try:
+            run_steps(session)
+        except BaseException:  # a stop, or an error: end the progress bar's line before the message
+            with suppress(Exception):  # (a full disk must not hide the error that is on its way)
+                session.log.close()
+            raise
+        finish(session)
     return session.run_dir.root
 
 
@@ -184,20 +232,22 @@ def _total_steps(cfg: RunConfig, loader: ShardLoader) -> int:
     return min(total, cfg.max_steps) if cfg.max_steps else total
 
 
-def prepare(cfg: RunConfig, start_from: Path | None, task: int) -> Session:
+def prepare(cfg: RunConfig, start_from: Path | None, task: int, stop: StopRequest) -> Session:
     """Process group, model of the stage, streaming loader, engine, run directory, resume point and logger."""
     run_dir = RunDir(cfg.output_dir)
     if cfg.stage == 2:
         check_stage1_run(cfg.stage1_run)
     device = pick_device(cfg)
-    init_distributed(device)
+    init_distributed(device, cfg.train.collective_timeout_minutes)
     rank, world = dist.get_rank(), dist.get_world_size()
     ds_config = resolve_ds_config(cfg, world)
     torch.manual_seed(cfg.seed)
 
     model, report = build_model(cfg, start_from, task)
     model.to(device)
-    loader = ShardLoader(cfg.data, model.build_processor(), rank=rank, world_size=world, missing=cfg.missing)
+    loader = ShardLoader(
+        cfg.data, model.build_processor(), rank, world, missing=cfg.missing, worker_init=ignore_stop_signals
+    )
     total = _total_steps(cfg, loader)
     engine = _engine(cfg, model, ds_config, total)
 
@@ -207,7 +257,8 @@ def prepare(cfg: RunConfig, start_from: Path | None, task: int) -> Session:
         save_config(cfg, run_dir.config)
         run_dir.ds_config.write_text(json.dumps(ds_config, indent=2))
     step = 0
-    resume = _resume_point(cfg, run_dir)
+    notes: list[str] = []
+    resume = _resume_point(cfg, run_dir, notes)
     if resume is not None:
         state = load_checkpoint(engine, resume, chash)
         loader.load_state_dict(state["data"])
@@ -215,6 +266,8 @@ def prepare(cfg: RunConfig, start_from: Path | None, task: int) -> Session:
     log = MetricsLogger(run_dir, total, step, rank == 0, cfg.train.report_to, to_dict(cfg))
     if report is not None:
         log.note(f"adapter {report}")
+    for note in notes:
+        log.note(note)
     if resume is not None:
         log.note(f"resumed from {resume} at step {step}")
     # the Non-Text Dominance Rate is defined for LoRA-family adapters (A matrices); other adapters log none
@@ -233,6 +286,7 @@ def prepare(cfg: RunConfig, start_from: Path | None, task: int) -> Session:
         log=log,
         step=step,
         dominance_every=cfg.train.dominance_every if lora_family else 0,
+        stop=stop,
     )
 
 
@@ -240,19 +294,21 @@ def prepare(cfg: RunConfig, start_from: Path | None, task: int) -> Session:
 
 
 def run_steps(s: Session) -> None:
-    """Optimizer steps until `s.total`, epoch after epoch."""
+    """Optimizer steps until `s.total`, epoch after epoch. The epoch's batches are closed when a step raises (a
+    stop), so the DataLoader workers shut down now, not during interpreter exit."""
     gas = s.cfg.optim.gradient_accumulation_steps
     window = Window()
     while s.step < s.total:
-        for batch in s.loader:
-            if not micro_step(s, _to_device(batch, s.device), window):
-                continue
-            if window.micro < gas:
-                continue
-            end_step(s, window)
-            window = Window()
-            if s.step >= s.total:
-                break
+        with closing(iter(s.loader)) as batches:
+            for batch in batches:
+                if not micro_step(s, _to_device(batch, s.device), window):
+                    continue
+                if window.micro < gas:
+                    continue
+                end_step(s, window)
+                window = Window()
+                if s.step >= s.total:
+                    break
 
 
 def micro_step(s: Session, batch: dict, window: Window) -> bool:
@@ -286,10 +342,12 @@ def micro_step(s: Session, batch: dict, window: Window) -> bool:
 
 
 def end_step(s: Session, window: Window) -> None:
-    """Count the optimizer step the window completed; log it and take a periodic checkpoint."""
+    """Count the optimizer step the window completed; log it, take a periodic checkpoint, and stop every rank here
+    (after a checkpoint) when any rank received a stop signal."""
     cfg = s.cfg
     s.step += 1
-    loss_sum, tokens, skipped = _all_sum([window.loss, window.tokens, sum(s.loader.skipped.values())], s.device)
+    counters = [window.loss, window.tokens, sum(s.loader.skipped.values()), float(s.stop.signal is not None)]
+    loss_sum, tokens, skipped, stopping = _all_sum(counters, s.device)
     if s.step % cfg.train.log_every == 0 or s.step == s.total:
         gas = cfg.optim.gradient_accumulation_steps
         elapsed = max(time.time() - window.started, 1e-9)
@@ -306,8 +364,17 @@ def end_step(s: Session, window: Window) -> None:
         if window.dominance is not None:
             metrics["nontext_dominance"] = window.dominance
         s.log.log(metrics)
-    if cfg.train.save_every and s.step % cfg.train.save_every == 0 and s.step < s.total:
+    saving = cfg.train.save_every and s.step % cfg.train.save_every == 0
+    if saving and s.step < s.total:
         s.save()
+    if stopping and s.step < s.total:  # at the last step the run simply finishes
+        if not saving:
+            s.save()
+        why = s.stop.signal.name if s.stop.signal else "a stop signal on another rank"
+        raise Preempted(
+            f"{why}: stopped after step {s.step} of {s.total} with a complete checkpoint in "
+            f"{s.run_dir.checkpoint(s.step)}; run again with resume=auto to continue"
+        )
 
 
 # ---- 3. finish: last checkpoint, export, data report ---------------------------------------------------------------

@@ -175,3 +175,9 @@ def test_mme_layouts(bench_data, tmp_path):
                                                       for i in items if i.gold["task"] == task))
     listed = mme.load(tmp_path, release)
     assert [(i.image, i.prompt, i.gold) for i in listed] == [(i.image, i.prompt, i.gold) for i in items]
+
+
+def test_read_only_out_fails_before_the_model_loads(capsys, checkpoint, bench_data, small_disk):
+    out = small_disk(64, read_only=True) / "eval"
+    err = error_line(capsys, ["--model", str(checkpoint), "--bench", "pope", *bench_data["pope"], "--out", str(out)])
+    assert err == f"error: {out}: cannot create it (Read-only file system); write elsewhere"

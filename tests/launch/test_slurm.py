@@ -2,17 +2,20 @@
 
 The train job runs `launch/train.py` (stage 1 of the demo config on synthetic shards) and must end with the same
 trainable weights as the same run launched directly with `deepspeed --num_gpus 2`; the eval job runs `launch/eval.py`
-(POPE on a tiny checkpoint) and must write the predictions and metrics of a single-process run.
+(POPE on a tiny checkpoint) and must write the predictions and metrics of a single-process run. A third job is sent
+the time-limit warning mid-training: it must checkpoint, requeue itself, resume and end like the direct run.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +31,7 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 TRAIN_CONFIG = ROOT / "configs/demo/stage1.yaml"
-JOB_TIMEOUT = 180
+JOB_TIMEOUT = 300  # a job, or a preempted job and its requeued run, on a busy 2-core machine
 
 
 def free_port() -> int:
@@ -96,11 +99,12 @@ def start(cmd: list[str], env: dict[str, str], out_dir: Path, output: Path, *mor
 
 
 def sbatch(cluster: dict[str, str], script: str, tmp: Path, name: str, *args: str, **env_extra: str) -> Launch:
-    """Submit a script from the repo root on 2 nodes x 1 CPU rank; `sbatch --wait` exits with the job's code."""
+    """Submit a script from the repo root on 2 nodes x 1 CPU rank; `sbatch --wait` exits with the job's code. The
+    time limit stays above train.sbatch's `--signal=B:USR1@300`, which would otherwise stop the run at once."""
     env = {**run_env(cluster), "GPUS_PER_NODE": "1", **env_extra}
     log = tmp / f"{name}.log"
     cmd = ["sbatch", "--wait", "--nodes=2", "--gpus-per-node=0", "--cpus-per-task=1", "--partition=test",
-           "--time=5", f"--output={log}", script, *args]
+           "--time=30", f"--output={log}", script, *args]
     return start(cmd, env, tmp / name, tmp / f"{name}.sbatch.out", log)
 
 
@@ -145,3 +149,42 @@ def test_eval_sbatch_two_nodes_matches_one_process(launches):
     direct = launches["eval-direct"].result(read_eval)
     assert slurm == direct
     assert "2 nodes x 1 ranks" in launches["eval"].logs[-1].read_text()
+
+
+def job_id(launch: Launch) -> str:
+    """The id `sbatch --wait` printed on submission."""
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        found = re.search(r"Submitted batch job (\d+)", launch.logs[0].read_text())
+        if found:
+            return found.group(1)
+        time.sleep(0.1)
+    raise AssertionError(f"no job id in {launch.logs[0]}: {launch.logs[0].read_text()}")
+
+
+def test_train_sbatch_preempted_checkpoints_requeues_and_resumes(cluster, launches, train_data, tmp_path):
+    """What `#SBATCH --signal=B:USR1@300` does before the time limit, sent by hand once training runs: the ranks stop
+    after their step with a checkpoint, the job requeues itself, and the second run resumes (resume=auto) and ends
+    with the weights of the uninterrupted direct launch."""
+    direct = launches["direct"].result(read_run)
+    out = tmp_path / "preempted"
+    job = sbatch(cluster, "launch/slurm/train.sbatch", tmp_path, "preempted",
+                 *common_overrides(train_data, out, max_steps=3), CONFIG=str(TRAIN_CONFIG))
+    jid, log = job_id(job), job.logs[-1]
+    deadline = time.time() + JOB_TIMEOUT
+    while "train:" not in (log.read_text() if log.exists() else "") and time.time() < deadline:  # handlers are in
+        assert job.proc.poll() is None, log.read_text()[-3000:]
+        time.sleep(0.05)
+    subprocess.run(["scancel", "--batch", "--signal=USR1", jid], env=cluster, check=True, timeout=30)
+    resumed = job.result(read_run)
+
+    text = log.read_text()
+    stopped = re.search(r"preempted: SIGUSR1: stopped after step (\d) of 3 with a complete checkpoint", text)
+    assert stopped, text[-4000:]
+    step = int(stopped.group(1))
+    assert f"requeueing job {jid} (restart 1)" in text
+    assert f"resumed from {out / 'checkpoints' / f'step-{step}'} at step {step}" in text
+    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+    assert resumed["trainables"].keys() == direct["trainables"].keys()
+    for name, tensor in resumed["trainables"].items():
+        torch.testing.assert_close(tensor, direct["trainables"][name], rtol=0, atol=1e-6)

@@ -193,3 +193,17 @@ def test_sigkill_midway_leaves_no_out_dir(tmp_path, lora_run):
     assert not out.exists()
     merge_run(run, out)
     assert (out / "merge.json").is_file() and not (tmp_path / ".out.partial").exists()
+
+
+def test_full_disk_is_one_line_and_leaves_nothing(lora_run, small_disk, capsys):
+    """--out on a real 256 KiB tmpfs, too small for the tiny merged checkpoint: one line naming the path and the free
+    space, exit 1, no OUT and no .OUT.partial."""
+    from launch.merge import main
+
+    run, _ = lora_run
+    disk = small_disk(256)
+    assert main(["--run", str(run), "--out", str(disk / "merged")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {disk / '.merged.partial'}: cannot write ("), err
+    assert " MiB free there, about " in err and " MiB needed" in err
+    assert list(disk.iterdir()) == []

@@ -1,0 +1,84 @@
+"""Preemption with the plain launcher: SIGTERM to `deepspeed`'s process group mid-run (what a terminal, `timeout`
+or a batch system's kill does) makes every rank finish its step, save a complete checkpoint and exit 75; the run
+then resumes with resume=auto and ends with the weights of an uninterrupted run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import torch
+from safetensors.torch import load_file
+
+from pipeline.train.preempt import StopRequest
+from tests.train.conftest import REPO, common_overrides, launch_env, metrics, run_train, train_cmd
+
+CONFIG = REPO / "configs/demo/stage1.yaml"
+
+
+def overrides(train_data, out):
+    return common_overrides(train_data, out, max_steps=6, **{"train.save_every": 4})
+
+
+def wait_group(pgid: int, timeout: float) -> None:
+    """Until no process of the group is left (the `deepspeed` runner dies at once, its ranks save first)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    os.killpg(pgid, signal.SIGKILL)
+    raise AssertionError(f"process group {pgid} still alive after {timeout}s")
+
+
+def test_sigterm_mid_run_saves_a_checkpoint_and_resume_matches(train_data, tmp_path):
+    out = tmp_path / "preempted"
+    log = tmp_path / "preempted.log"
+    with open(log, "w") as sink:
+        proc = subprocess.Popen(
+            train_cmd(CONFIG, overrides(train_data, out)),
+            cwd=REPO,
+            env=launch_env(),
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    deadline = time.time() + 300
+    while not (out / "metrics.jsonl").is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait()
+    wait_group(proc.pid, 120)
+    text = log.read_text()
+
+    stopped = sorted(int(p.name.split("-")[1]) for p in (out / "checkpoints").glob("step-*"))
+    assert len(stopped) == 1 and stopped[0] < 6, (stopped, text[-3000:])
+    step = stopped[0]
+    assert (out / "checkpoints" / f"step-{step}" / "COMPLETE").is_file()
+    assert f"preempted: SIGTERM: stopped after step {step} of 6 with a complete checkpoint" in text, text[-3000:]
+    assert not (out / "final").exists()
+    assert [r["step"] for r in metrics(out)] == list(range(1, step + 1))
+
+    resumed = run_train(CONFIG, overrides(train_data, out))
+    straight = run_train(CONFIG, overrides(train_data, tmp_path / "straight"))
+    assert [r["step"] for r in metrics(resumed)] == list(range(1, 7))
+    a = load_file(straight / "final/trainables.safetensors")
+    b = load_file(resumed / "final/trainables.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-6)
+
+
+def test_stop_request_records_the_signal_and_gives_the_handler_back():
+    before = signal.getsignal(signal.SIGUSR1)
+    with StopRequest() as stop:
+        assert stop.signal is None
+        os.kill(os.getpid(), signal.SIGUSR1)  # the process survives: the handler only records it
+        assert stop.signal == signal.SIGUSR1
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.signal == signal.SIGTERM
+    assert signal.getsignal(signal.SIGUSR1) == before
