@@ -23,6 +23,7 @@ from pipeline.config import ConfigError, load_config  # noqa: E402
 from pipeline.data.plan import resolve_all  # noqa: E402
 from pipeline.train.config import RunConfig  # noqa: E402
 from pipeline.train.ds_config import resolve_ds_config  # noqa: E402
+from pipeline.train.output_dir import must_move_aside  # noqa: E402
 from pipeline.train.stages import check_stage1_run  # noqa: E402
 
 
@@ -54,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             check_tasks(cfg)
         else:
             resolve_all(cfg.data)
+            must_move_aside(cfg)
         if cfg.stage == 2:
             check_stage1_run(cfg.stage1_run)
         resolve_ds_config(cfg, world)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import time
 from collections import Counter
 from contextlib import nullcontext
@@ -34,6 +35,7 @@ from pipeline.train.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.train.config import RunConfig
 from pipeline.train.ds_config import offloads_optimizer, resolve_ds_config
 from pipeline.train.logging import MetricsLogger
+from pipeline.train.output_dir import move_aside, must_move_aside
 from pipeline.train.stages import build_model, check_stage1_run
 
 
@@ -51,7 +53,21 @@ def pick_device(cfg: RunConfig) -> torch.device:
     return torch.device("cpu")
 
 
+def single_process_env() -> None:
+    """Without a launcher (`python launch/train.py ...`) no RANK/WORLD_SIZE is set and DeepSpeed would look for MPI:
+    make this process rank 0 of a world of one, on a free local port."""
+    if any(key in os.environ for key in ("RANK", "WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")):
+        return  # a launcher, or MPI (which DeepSpeed discovers), says who this process is
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    defaults = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
+
+
 def init_distributed(device: torch.device) -> None:
+    single_process_env()
     if device.type == "cpu":
         # DeepSpeed JIT-compiles a shared-memory all-reduce op for CPU at init (~30 s); gloo does not need it.
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
@@ -188,9 +204,12 @@ def prepare(cfg: RunConfig, start_from: Path | None, task: int) -> Session:
     run_dir = RunDir(cfg.output_dir)
     if cfg.stage == 2:
         check_stage1_run(cfg.stage1_run)
+    move = must_move_aside(cfg)  # every rank decides before any of them moves anything
     device = pick_device(cfg)
     init_distributed(device)
     rank, world = dist.get_rank(), dist.get_world_size()
+    moved = move_aside(run_dir.root) if move and rank == 0 else None
+    dist.barrier()
     ds_config = resolve_ds_config(cfg, world)
     torch.manual_seed(cfg.seed)
 
@@ -212,6 +231,8 @@ def prepare(cfg: RunConfig, start_from: Path | None, task: int) -> Session:
         loader.load_state_dict(state["data"])
         step = state["step"]
     log = MetricsLogger(run_dir, total, step, enabled=rank == 0)
+    if moved is not None:
+        log.note(f"moved the earlier run in {run_dir.root} aside to {moved} (train.existing_run=move)")
     if report is not None:
         log.note(f"adapter {report}")
     if resume is not None:
