@@ -50,7 +50,7 @@ class ShardLoader:
 
     Leaving the loop early and calling `iter()` again continues after the last batch handed out (same as a resume).
 
-    `skipped` counts skipped samples by reason (bad_json, bad_video, bad_audio, bad_image, missing_media,
+    `skipped` counts skipped samples by reason (bad_json, bad_field, bad_video, bad_audio, bad_image, missing_media,
     placeholder_mismatch, rejected_by_processor, unreadable_shard) and `bad_shards` names the shards that failed.
     With `missing` (see `pipeline.data.missing`), `missing` counts the samples handed out without audio or visual.
     """
