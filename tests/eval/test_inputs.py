@@ -175,3 +175,28 @@ def test_mme_layouts(bench_data, tmp_path):
                                                       for i in items if i.gold["task"] == task))
     listed = mme.load(tmp_path, release)
     assert [(i.image, i.prompt, i.gold) for i in listed] == [(i.image, i.prompt, i.gold) for i in items]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"anser": None}, "'anser' (the gold answer) is None; an answer string is needed"),
+    ({"anser": ""}, "'anser' (the gold answer) is ''"),
+    ({"anser": None, "drop": True}, "'anser' (the gold answer) is None"),
+])
+def test_music_avqa_question_without_a_gold_answer_is_one_line(tmp_path, capsys, checkpoint, change, message):
+    """Never scored against the answer "None": the question is named and nothing is loaded."""
+    entry = {"video_id": "v1", "question_id": 7, "type": '["Audio", "Counting"]', "question_content": "How many?",
+             "templ_values": "[]", "question_deleted": 0, "anser": "one"}
+    entry.update({k: v for k, v in change.items() if k != "drop"})
+    if change.get("drop"):
+        entry.pop("anser")
+    data = tmp_path / "avqa-test.json"
+    data.write_text(json.dumps([entry]))
+    err = error_line(capsys, ["--model", str(checkpoint), "--bench", "music_avqa", "--data", str(data)])
+    assert err.startswith(f"error: {data}: question_id 7: ") and message in err
+
+
+def test_pope_line_with_a_null_text_or_image_is_one_line(tmp_path, capsys, checkpoint):
+    data = tmp_path / "coco_pope_random.json"
+    data.write_text(json.dumps({"question_id": 1, "image": None, "text": "Is there a cat?", "label": "yes"}) + "\n")
+    err = error_line(capsys, ["--model", str(checkpoint), "--bench", "pope", "--data", str(data)])
+    assert err == f"error: {data}:1: text and image must be strings, got 'Is there a cat?' and None"
