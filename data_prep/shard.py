@@ -84,8 +84,9 @@ def write_shards(
     """Convert and shard; returns the index (also written to `index_path`). ValueError if nothing valid."""
     if source not in CONVERTERS:
         raise ValueError(f"--source must be one of {', '.join(CONVERTERS)}, got {source!r}")
-    if maxcount < 1:
-        raise ValueError(f"--maxcount must be at least 1, got {maxcount}")
+    for flag, value in (("--maxcount", maxcount), ("--workers", workers), ("--num-frames", num_frames)):
+        if value < 1:
+            raise ValueError(f"{flag} must be at least 1, got {value}")
     out.mkdir(parents=True, exist_ok=True)
     items = list(CONVERTERS[source].records(root, split))
     sink = _ShardSink(out, f"{source}-{split}", maxcount)
@@ -154,9 +155,9 @@ def main(argv: list[str] | None = None) -> int:
         index = write_shards(
             args.source, args.root, args.split, args.out, args.maxcount, args.workers, args.predecode, args.num_frames
         )
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:  # bad input; a missing root, a read-only or full --out
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return 2
     skipped = ", ".join(f"{k}={v}" for k, v in sorted(index["skipped"].items())) or "none"
     print(
         f"{args.source}/{args.split}: {index['total']} samples in {len(index['shards'])} shards "

@@ -19,11 +19,11 @@ import sys
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from pipeline.config import ConfigError, load_config  # noqa: E402
+from pipeline.config import load_config  # noqa: E402
 from pipeline.data.plan import resolve_all  # noqa: E402
 from pipeline.train.config import RunConfig  # noqa: E402
 from pipeline.train.ds_config import resolve_ds_config  # noqa: E402
-from pipeline.train.output_dir import must_move_aside  # noqa: E402
+from pipeline.train.output_dir import check_output_dir  # noqa: E402
 from pipeline.train.stages import check_stage1_run  # noqa: E402
 
 
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nodes", type=int, default=1, help="for --estimate-memory")
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. adapter.name=imod")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides may stand on either side of --deepspeed etc.
     overrides = list(args.overrides) + ([f"deepspeed={args.deepspeed}"] if args.deepspeed else [])
     world = int(os.environ.get("WORLD_SIZE", 1))
     try:
@@ -55,11 +55,11 @@ def main(argv: list[str] | None = None) -> int:
             check_tasks(cfg)
         else:
             resolve_all(cfg.data)
-            must_move_aside(cfg)
+            check_output_dir(cfg)
         if cfg.stage == 2:
             check_stage1_run(cfg.stage1_run)
         resolve_ds_config(cfg, world)
-    except (ConfigError, ValueError, FileNotFoundError) as exc:
+    except (ValueError, OSError) as exc:  # ConfigError is a ValueError; OSError: an unreadable input
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

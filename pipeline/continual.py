@@ -46,7 +46,7 @@ from pipeline.model.avllm import AVLLM
 from pipeline.rundir import RunDir
 from pipeline.train.config import ContinualConfig, RunConfig, TaskConfig
 from pipeline.train.loop import init_distributed, pick_device, train
-from pipeline.train.output_dir import must_move_aside
+from pipeline.train.output_dir import check_output_dir
 
 RESULT_JSON, RESULT_MD = "continual.json", "continual.md"
 ACCURACY_BENCHMARKS = tuple(name for name in sorted(BENCHMARKS) if name != "mme")
@@ -70,7 +70,7 @@ def check_tasks(cfg: RunConfig) -> None:
     for i, task in enumerate(cfg.continual.tasks):
         resolve_all(dataclasses.replace(cfg.data, sources=task.sources))
         if not RunDir(task_config(cfg, i).output_dir).finished():  # a finished task is kept, an unfinished one
-            must_move_aside(task_config(cfg, i))  # resumes or starts over as a plain run would
+            check_output_dir(task_config(cfg, i))  # resumes or starts over as a plain run would
         if task.eval.bench not in ACCURACY_BENCHMARKS:
             raise ValueError(
                 f"continual task '{task.name}': eval.bench '{task.eval.bench}' is not one of "

@@ -84,6 +84,8 @@ def check_args(args: argparse.Namespace) -> None:
             raise BenchError(f"--missing {args.missing}: {args.bench} has no {' or '.join(sorted(lacking))} input")
     if args.model is not None and not (args.model / CONFIG_FILE).is_file():
         raise BenchError(f"{args.model}: not an AVLLM checkpoint (no {CONFIG_FILE})")
+    if args.out.exists() and not args.out.is_dir():
+        raise BenchError(f"--out {args.out} is a file; name a directory for the results")
 
 
 def check_grid(args: argparse.Namespace) -> None:
@@ -164,23 +166,27 @@ def main(argv: list[str] | None = None) -> int:
             outputs, passes = {args.bench: texts}, {args.bench: conditions}
         else:
             passes = plan(args, items)
-    except BenchError as exc:
+    except (BenchError, OSError) as exc:  # OSError: an input that cannot be read
         if rank == 0:
             print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.model is not None:
         try:
             outputs = run_model(args, items, passes)
-        except BenchError as exc:  # a media file that exists but does not decode
+        except (BenchError, OSError) as exc:  # a media file that exists but does not decode, an unreadable model
             print(f"error: {exc}", file=sys.stderr)
             return 2
         if outputs is None:
             return 0
-    if args.missing_grid:
-        return write_grid(args, module, items, outputs, passes)
-    texts, conditions = outputs[args.bench], passes[args.bench]
-    result = score_conditions(args.bench, module, items, texts, conditions)
-    write(args.out, prediction_lines(items, texts, conditions), result, module.POINT_METRICS)
+    try:
+        if args.missing_grid:
+            return write_grid(args, module, items, outputs, passes)
+        texts, conditions = outputs[args.bench], passes[args.bench]
+        result = score_conditions(args.bench, module, items, texts, conditions)
+        write(args.out, prediction_lines(items, texts, conditions), result, module.POINT_METRICS)
+    except OSError as exc:  # a read-only or full disk
+        print(f"error: --out {args.out}: cannot write the results ({exc})", file=sys.stderr)
+        return 2
     print(markdown(result, module.POINT_METRICS), end="")
     print(f"wrote {args.out}/predictions.jsonl, metrics.json, results.md")
     return 0

@@ -35,7 +35,7 @@ from pipeline.train.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.train.config import RunConfig
 from pipeline.train.ds_config import offloads_optimizer, resolve_ds_config
 from pipeline.train.logging import MetricsLogger
-from pipeline.train.output_dir import move_aside, must_move_aside
+from pipeline.train.output_dir import check_output_dir, move_aside
 from pipeline.train.stages import build_model, check_stage1_run
 
 
@@ -204,7 +204,7 @@ def prepare(cfg: RunConfig, start_from: Path | None, task: int) -> Session:
     run_dir = RunDir(cfg.output_dir)
     if cfg.stage == 2:
         check_stage1_run(cfg.stage1_run)
-    move = must_move_aside(cfg)  # every rank decides before any of them moves anything
+    move = check_output_dir(cfg)  # every rank decides before any of them moves anything
     device = pick_device(cfg)
     init_distributed(device)
     rank, world = dist.get_rank(), dist.get_world_size()

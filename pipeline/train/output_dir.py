@@ -9,6 +9,7 @@ that run (the checkpoint's config hash must match, `pipeline.train.checkpoint.lo
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -36,10 +37,22 @@ def _resumes_here(cfg: RunConfig, run_dir: RunDir) -> bool:
     return Path(cfg.resume).resolve().is_relative_to(run_dir.root.resolve())
 
 
-def must_move_aside(cfg: RunConfig) -> bool:
+def check_writable(root: Path) -> None:
+    """ValueError unless `root` is, or can be created as, a directory this process may write."""
+    existing = root
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"output_dir: {root} cannot be created, {existing} is a file; pick another output_dir")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"output_dir: {existing} is not writable; pick another output_dir")
+
+
+def check_output_dir(cfg: RunConfig) -> bool:
     """True when `output_dir` holds a run that `train.existing_run=move` moves aside before training; ValueError
-    (one line: how to resume, or where else to go) when it holds one and the config does not allow that."""
+    (one line) when it cannot be written, or holds a run and the config does not say to move it aside."""
     run_dir = RunDir(cfg.output_dir)
+    check_writable(run_dir.root.absolute())
     held = held_run(run_dir)
     if held is None or _resumes_here(cfg, run_dir):
         return False

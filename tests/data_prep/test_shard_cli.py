@@ -53,7 +53,7 @@ def test_bad_raw_input_is_skipped_and_counted(raw, tmp_path):
 def test_nothing_valid_fails_with_a_summary(tmp_path, capsys):
     (tmp_path / "train.csv").write_text("audiocap_id,youtube_id,start_time,caption\n1,y,0,A dog barks.\n")
     assert shard.main(["--source", "audiocaps", "--root", str(tmp_path), "--split", "train",
-                       "--out", str(tmp_path / "o")]) == 1
+                       "--out", str(tmp_path / "o")]) == 2
     assert "no valid audiocaps/train samples" in capsys.readouterr().err
     assert not (tmp_path / "o" / "audiocaps-train.index.json").exists()
 
@@ -72,3 +72,34 @@ def test_cli_entry_point(raw, tmp_path):
                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2])
     assert out.returncode == 0, out.stderr
     assert "audiocaps/test: 4 samples in 1 shards" in out.stdout
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--workers", "0"], "--workers must be at least 1, got 0"),
+    (["--maxcount", "0"], "--maxcount must be at least 1, got 0"),
+    (["--num-frames", "0", "--predecode"], "--num-frames must be at least 1, got 0"),
+    (["--out", "FILE"], "[Errno 17] File exists"),  # an OSError (here: --out is a file), not a traceback
+])
+def test_bad_flags_and_unwritable_out_are_one_line(raw, tmp_path, capsys, flags, message):
+    afile = tmp_path / "a-file"
+    afile.write_text("mine")
+    argv = ["--source", "audiocaps", "--root", str(raw["audiocaps"]), "--split", "train", "--out", str(tmp_path / "o")]
+    argv += [str(afile) if f == "FILE" else f for f in flags]
+    assert shard.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+    assert afile.read_text() == "mine"
+
+
+@pytest.mark.parametrize("module", ["data_prep.synthetic", "data_prep.synthetic_bench"])
+def test_synthetic_clis_bad_n_and_unwritable_out_are_one_line(tmp_path, capsys, module):
+    import importlib
+
+    main = importlib.import_module(module).main
+    assert main(["--out", str(tmp_path / "s"), "--n", "0"]) == 2
+    assert capsys.readouterr().err.startswith("error: --n must be at least")
+    afile = tmp_path / "a-file"
+    afile.write_text("mine")
+    assert main(["--out", str(afile), "--n", "4"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and str(afile) in err, err

@@ -200,3 +200,11 @@ def test_pope_line_with_a_null_text_or_image_is_one_line(tmp_path, capsys, check
     data.write_text(json.dumps({"question_id": 1, "image": None, "text": "Is there a cat?", "label": "yes"}) + "\n")
     err = error_line(capsys, ["--model", str(checkpoint), "--bench", "pope", "--data", str(data)])
     assert err == f"error: {data}:1: text and image must be strings, got 'Is there a cat?' and None"
+
+
+def test_out_that_is_a_file_is_one_line(tmp_path, capsys, checkpoint, bench_data):
+    afile = tmp_path / "results.txt"
+    afile.write_text("mine")
+    err = error_line(capsys, ["--model", str(checkpoint), "--bench", "pope", *bench_data["pope"], "--out", str(afile)])
+    assert err == f"error: --out {afile} is a file; name a directory for the results"
+    assert afile.read_text() == "mine"

@@ -84,3 +84,56 @@ def test_estimate_memory_for_a_7b_recipe_from_configs_only(capsys, tmp_path):
     assert "ZeRO-3, 2 node(s) x 8 GPU(s)" in out and "per GPU" in out
     per_gpu = float(out.split("frozen backbone (fp32): about ")[1].split(" GB")[0])
     assert 1.85 < per_gpu < 1.95  # (4 B x 7.68B + 20 B x ~87M trainable) / 16 GPUs = 1.89 GiB
+
+
+BAD_VALUES = [
+    ("optim.lr=0", "optim.lr: must be > 0, got 0.0"),
+    ("optim.lr=-1e-4", "optim.lr: must be > 0, got -0.0001"),
+    ("optim.eps=0", "optim.eps: must be > 0, got 0.0"),
+    ("optim.betas=[0.9, 1.0]", "optim.betas: two numbers in [0, 1), got [0.9, 1.0]"),
+    ("optim.betas=[-0.1, 0.999]", "optim.betas: two numbers in [0, 1)"),
+    ("optim.betas=[0.9]", "optim.betas: two numbers in [0, 1), got [0.9]"),
+    ("optim.warmup_ratio=1.5", "optim.warmup_ratio: must be in [0, 1], got 1.5"),
+    ("optim.warmup_ratio=-0.1", "optim.warmup_ratio: must be in [0, 1], got -0.1"),
+    ("optim.grad_clip=-1", "optim.grad_clip: must be >= 0, got -1.0"),
+    ("optim.weight_decay=-0.01", "optim.weight_decay: must be >= 0, got -0.01"),
+    ("optim.gradient_accumulation_steps=0", "optim.gradient_accumulation_steps: must be >= 1, got 0"),
+    ("train.log_every=0", "train.log_every: must be >= 1, got 0"),
+    ("train.save_every=-1", "train.save_every: must be >= 0, got -1"),
+    ("train.keep_last=-1", "train.keep_last: must be >= 0, got -1"),
+    ("train.epochs=0", "train.epochs: must be >= 1, got 0"),
+    ("train.max_bad_steps=0", "train.max_bad_steps: must be >= 1, got 0"),
+    ("train.dominance_every=-2", "train.dominance_every: must be >= 0, got -2"),
+    ("train.existing_run=overwrite", "train.existing_run: 'overwrite' is not one of refuse, move"),
+    ("train.device=tpu", "train.device: 'tpu' is not one of auto, cuda, cpu"),
+    ("max_steps=-1", "max_steps: must be >= 0"),
+    ("data.num_workers=-1", "'data.num_workers' must be >= 0, got -1"),
+    ("data.micro_batch_size=0", "'data.micro_batch_size' must be >= 1, got 0"),
+    ("output_dir=", "output_dir: empty; name the run directory to write"),
+    ("output_dir=' '", "output_dir: empty"),
+]
+
+
+@pytest.mark.parametrize("override, expected", BAD_VALUES, ids=[b[0] for b in BAD_VALUES])
+def test_a_bad_value_is_one_line_before_any_process_group(capsys, train_data, tmp_path, override, expected):
+    fails_with(capsys, ["--config", STAGE1, *common_overrides(train_data, tmp_path / "run"), override], expected)
+
+
+def test_an_output_dir_that_is_a_file_or_lies_under_one(capsys, train_data, tmp_path):
+    afile = tmp_path / "notes.txt"
+    afile.write_text("mine")
+    args = common_overrides(train_data, tmp_path / "run")
+    fails_with(capsys, ["--config", STAGE1, *args, f"output_dir={afile}"],
+               f"output_dir: {afile} is a file, not a directory; pick another output_dir")
+    fails_with(capsys, ["--config", STAGE1, *args, f"output_dir={afile / 'run'}"],
+               f"output_dir: {afile / 'run'} cannot be created, {afile} is a file")
+    assert afile.read_text() == "mine"
+
+
+def test_overrides_on_both_sides_of_deepspeed(capsys, train_data, tmp_path):
+    """`--deepspeed X` may stand between overrides: those after it count too (the bad one after it is reported)."""
+    args = common_overrides(train_data, tmp_path / "run")
+    ds = str(REPO / "configs/ds/zero2.json")
+    fails_with(capsys, ["--config", STAGE1, *args[:3], "--deepspeed", ds, *args[3:], "optim.lr=0"],
+               "optim.lr: must be > 0")
+    fails_with(capsys, ["--config", STAGE1, "optim.lr=0", "--deepspeed", ds, *args], "optim.lr: must be > 0")

@@ -49,12 +49,12 @@ def test_a_checkpoint_of_the_same_directory_may_restart_it(train_data, tmp_path)
     """resume=auto with a complete checkpoint, or an explicit checkpoint inside output_dir, continue that run."""
     from pipeline.config import load_config
     from pipeline.train.config import RunConfig
-    from pipeline.train.output_dir import must_move_aside
+    from pipeline.train.output_dir import check_output_dir
 
     out = old_run(tmp_path / "run", complete=True)
     for resume in ("auto", str(out / "checkpoints" / "step-3")):
         cfg = load_config(RunConfig, STAGE1, [*common_overrides(train_data, out), f"resume={resume}"])
-        assert must_move_aside(cfg) is False
+        assert check_output_dir(cfg) is False
 
 
 def test_one_process_without_a_launcher_trains_and_moves_the_old_run_aside(train_data, tmp_path):
