@@ -24,7 +24,7 @@ from pipeline.data.plan import resolve_all  # noqa: E402
 from pipeline.train.config import RunConfig  # noqa: E402
 from pipeline.train.ds_config import resolve_ds_config  # noqa: E402
 from pipeline.train.output_dir import check_output_dir  # noqa: E402
-from pipeline.train.stages import check_stage1_run  # noqa: E402
+from pipeline.train.stages import check_model, check_stage1_run  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.stage == 2:
             check_stage1_run(cfg.stage1_run)
         resolve_ds_config(cfg, world)
+        if not cfg.continual.tasks:  # a sequence checks its adapter, sized for its tasks, in check_tasks
+            check_model(cfg)
     except (ValueError, OSError) as exc:  # ConfigError is a ValueError; OSError: an unreadable input
         print(f"error: {exc}", file=sys.stderr)
         return 2

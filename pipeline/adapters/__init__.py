@@ -87,6 +87,7 @@ def attach(model: nn.Module, cfg: AdapterConfig, contexts: Contexts = None) -> A
         base.requires_grad_(False)
         layer = make_layer(base, cfg, _context_for(name, contexts), depths[name], name)
         setattr(parent, leaf, layer)
+    cfg.method.check_attached(adapter_layers(model))
     trainable = sum(p.numel() for p in adapter_parameters(model).values())
     return AttachReport(cfg.name, names, trainable)
 

@@ -10,6 +10,7 @@ compare a method's name:
     lora_family     its only use of A is u = A x̃ through `project_down` (the Non-Text Dominance Rate is defined)
     peft_options    PEFT `LoraConfig` options of the equivalent PEFT layer, or None when PEFT has none
     check_config    checks across the adapter section (MoRA needs two towers)
+    check_attached  checks across the layers one attach made (MoRA: every tower in scope has paired targets)
     for_tasks       its config for a continual sequence of n tasks (DeLo allocates a pool set per task)
     start_task      per layer: make task t the trained one (DeLo freezes the other tasks' pools)
     prepare_merge   run-level state a streamed, layer-at-a-time merge must set first (MoRA's shared S)
@@ -87,6 +88,10 @@ class AdapterLinear(nn.Module):
     @classmethod
     def check_config(cls, cfg: AdapterConfig) -> None:
         """Raise ValueError naming the key when the adapter section cannot work for this method."""
+
+    @classmethod
+    def check_attached(cls, layers: Mapping[str, AdapterLinear]) -> None:
+        """Raise ValueError naming the key when the layers one `attach` made cannot work together. Default: none."""
 
     @classmethod
     def for_tasks(cls, cfg: AdapterConfig, tasks: int) -> AdapterConfig:

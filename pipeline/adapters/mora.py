@@ -156,6 +156,20 @@ class MoRALinear(LowRankLinear, name="mora"):
             )
 
     @classmethod
+    def check_attached(cls, layers: Mapping[str, AdapterLinear]) -> None:
+        """Every tower of the scope has target layers, and every block reads an S at each other tower's paired
+        block: what the forward needs, found when the adapter is attached (before training starts)."""
+        for registry in {id(m.shared): m.shared for m in layers.values() if isinstance(m, cls)}.values():
+            empty = [t for t in registry.towers if t not in registry.blocks]
+            if empty:
+                raise ValueError(
+                    f"adapter.targets: mora finds no square target layer in tower '{empty[0]}' of adapter.scope "
+                    f"{registry.towers}; target its square projections too (e.g. q_proj, out_proj)"
+                )
+            for tower, block in list(registry.owners):
+                registry.other_gram(tower, block)
+
+    @classmethod
     def prepare_merge(cls, model: nn.Module, state: Mapping[str, torch.Tensor], dtype: torch.dtype) -> None:
         """A layer's fold reads every tower's S: pin them all from the export (see the module docstring)."""
         pin_shared(model, state, dtype)

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from pipeline.config import from_dict, to_dict
@@ -55,9 +55,10 @@ def load_tokenizer(cfg: ModelConfig):
 
 
 class AVLLM(nn.Module):
-    def __init__(self, cfg: ModelConfig, llm: PreTrainedModel | None = None) -> None:
+    def __init__(self, cfg: ModelConfig, llm: PreTrainedModel | None = None, meta_towers: bool = False) -> None:
         """Compose from the paths in `cfg`; `llm` replaces loading `cfg.llm` (the merge passes a meta-device
-        skeleton so that a 7B LLM is never materialised: it streams the LLM's weights itself)."""
+        skeleton so that a 7B LLM is never materialised: it streams the LLM's weights itself); `meta_towers` builds
+        the encoders as meta-device skeletons too (see `skeleton`)."""
         super().__init__()
         self.config = cfg
         dtype = cfg.torch_dtype
@@ -69,8 +70,8 @@ class AVLLM(nn.Module):
         )
         self._add_token_rows(len(self.tokenizer))
         width = self.llm.config.get_text_config().hidden_size
-        self.vision = load_tower("vision", cfg.vision, cfg) if cfg.vision else None
-        self.audio = load_tower("audio", cfg.audio, cfg) if cfg.audio else None
+        self.vision = load_tower("vision", cfg.vision, cfg, meta_towers) if cfg.vision else None
+        self.audio = load_tower("audio", cfg.audio, cfg, meta_towers) if cfg.audio else None
         self.projectors = nn.ModuleDict()
         for name, tower, kind in (
             ("vision", self.vision, cfg.vision_projector),
@@ -108,6 +109,16 @@ class AVLLM(nn.Module):
         for layer in (self.llm.get_input_embeddings(), self.llm.get_output_embeddings()):
             if layer is not None:
                 layer.weight[old:] = layer.weight[:old].mean(0, keepdim=True)
+
+    @classmethod
+    def skeleton(cls, cfg: ModelConfig) -> AVLLM:
+        """The composed model with the LLM and the encoders on the meta device, built from their configs: every
+        module name and shape, and the towers' own checks (pooling, windows), without reading a weight. What the
+        pre-flight checks attach adapters to."""
+        config = AutoConfig.from_pretrained(cfg.llm)
+        with torch.device("meta"):
+            llm = AutoModelForCausalLM.from_config(config, dtype=cfg.torch_dtype)
+        return cls(cfg, llm=llm, meta_towers=True)
 
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> AVLLM:

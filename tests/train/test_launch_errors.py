@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from safetensors.torch import save_file
-from transformers import CLIPVisionConfig, LlamaConfig, WhisperConfig
+from transformers import CLIPVisionConfig, LlamaConfig, SiglipVisionConfig, WhisperConfig
 
 from launch.train import main
 from tests.train.conftest import REPO, common_overrides
@@ -137,3 +137,43 @@ def test_overrides_on_both_sides_of_deepspeed(capsys, train_data, tmp_path):
     fails_with(capsys, ["--config", STAGE1, *args[:3], "--deepspeed", ds, *args[3:], "optim.lr=0"],
                "optim.lr: must be > 0")
     fails_with(capsys, ["--config", STAGE1, "optim.lr=0", "--deepspeed", ds, *args], "optim.lr: must be > 0")
+
+
+@pytest.fixture
+def fake_stage1(tmp_path):
+    """A directory that passes the stage-1 check (projector tensors in final/): these tests never get further."""
+    final = tmp_path / "stage1" / "final"
+    final.mkdir(parents=True)
+    save_file({"projectors.vision.0.weight": torch.zeros(2)}, str(final / "trainables.safetensors"))
+    (final / "adapter.json").write_text(json.dumps({"adapter": None, "layers": []}))
+    return tmp_path / "stage1"
+
+
+MODEL_ERRORS = [
+    (["adapter.targets=[qq_proj]"], "adapter.targets: no linear layer matches ['qq_proj'] (scope ['llm'])"),
+    (["adapter.name=mora", "adapter.scope=[llm, vision, audio]"],  # the tiny Llama has grouped-query attention
+     "adapter.targets: mora adapts square layers only (in == out, e.g. q_proj/o_proj); "
+     "'llm.model.layers.0.self_attn.k_proj' is 64 -> 32"),
+    (["adapter.name=mora", "adapter.scope=[llm, vision]", "adapter.targets=[o_proj]"],
+     "adapter.targets: mora finds no square target layer in tower 'vision'"),  # CLIP's is out_proj
+    (["model.vision_pool=3"], "model.vision_pool=3 must divide the 4x4 patch grid of"),
+]
+
+
+@pytest.mark.parametrize("extra, expected", MODEL_ERRORS, ids=["no-match", "mora-non-square", "mora-empty-tower",
+                                                               "vision-pool"])
+def test_adapter_and_model_errors_are_found_before_ranks_start(capsys, train_data, tmp_path, fake_stage1, extra,
+                                                                expected):
+    """Found on the meta-device skeleton of the composed model (no weight loaded), not inside the ranks."""
+    args = common_overrides(train_data, tmp_path / "run", stage1_run=fake_stage1)
+    fails_with(capsys, ["--config", STAGE2, *args, *extra], expected)
+
+
+def test_vision_pool_against_siglip_so400m_384_grid(capsys, train_data, tmp_path, fake_stage1):
+    """SigLIP so400m-patch14-384 has a 27x27 grid: pool 2 is refused, naming the divisors; only its config is read."""
+    SiglipVisionConfig(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
+                       image_size=384, patch_size=14).save_pretrained(tmp_path / "siglip")
+    args = common_overrides(train_data, tmp_path / "run", stage1_run=fake_stage1, **{"model.vision": tmp_path / "siglip"})
+    fails_with(capsys, ["--config", STAGE2, *args, "model.vision_pool=2"],
+               f"model.vision_pool=2 must divide the 27x27 patch grid of {tmp_path / 'siglip'} (its divisors: 1, 3, 9, "
+               "27)")
