@@ -167,7 +167,9 @@ class MoRALinear(LowRankLinear, name="mora"):
                     f"{registry.towers}; target its square projections too (e.g. q_proj, out_proj)"
                 )
             for tower, block in list(registry.owners):
-                registry.other_gram(tower, block)
+                for other in registry.blocks:
+                    if other != tower:  # raises when the paired block of `other` has no S
+                        registry.weight(other, registry.paired_block(tower, block, other))
 
     @classmethod
     def prepare_merge(cls, model: nn.Module, state: Mapping[str, torch.Tensor], dtype: torch.dtype) -> None:
