@@ -118,6 +118,10 @@ class MoRAShared:
 class MoRALinear(LowRankLinear, name="mora"):
     """One MoRA layer; see the module docstring for the formula and the choices made."""
 
+    # attention projections of the LLM (o_proj) and of the CLIP/SigLIP/Whisper towers (out_proj); `can_adapt` keeps
+    # the square ones (k/v drop out under grouped-query attention)
+    default_targets = ("q_proj", "k_proj", "v_proj", "o_proj", "out_proj")
+
     def __init__(
         self,
         base: nn.Linear,
@@ -147,6 +151,10 @@ class MoRALinear(LowRankLinear, name="mora"):
     @classmethod
     def layer_factory(cls, cfg: AdapterConfig) -> Callable[..., AdapterLinear]:
         return functools.partial(cls, shared=MoRAShared(cfg.scope))
+
+    @classmethod
+    def can_adapt(cls, layer: nn.Linear) -> bool:
+        return layer.in_features == layer.out_features
 
     @classmethod
     def check_config(cls, cfg: AdapterConfig) -> None:

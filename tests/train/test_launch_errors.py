@@ -151,7 +151,7 @@ def fake_stage1(tmp_path):
 
 MODEL_ERRORS = [
     (["adapter.targets=[qq_proj]"], "adapter.targets: no linear layer matches ['qq_proj'] (scope ['llm'])"),
-    (["adapter.name=mora", "adapter.scope=[llm, vision, audio]"],  # the tiny Llama has grouped-query attention
+    (["adapter.name=mora", "adapter.scope=[llm, vision, audio]", "adapter.targets=[q_proj, k_proj]"],  # GQA
      "adapter.targets: mora adapts square layers only (in == out, e.g. q_proj/o_proj); "
      "'llm.model.layers.0.self_attn.k_proj' is 64 -> 32"),
     (["adapter.name=mora", "adapter.scope=[llm, vision]", "adapter.targets=[o_proj]"],
@@ -177,3 +177,25 @@ def test_vision_pool_against_siglip_so400m_384_grid(capsys, train_data, tmp_path
     fails_with(capsys, ["--config", STAGE2, *args, "model.vision_pool=2"],
                f"model.vision_pool=2 must divide the 27x27 patch grid of {tmp_path / 'siglip'} (its divisors: 1, 3, 9, "
                "27)")
+
+
+def test_mora_defaults_fit_it(train_data, tmp_path, fake_stage1):
+    """`adapter.name=mora` with its towers and no targets: the square attention projections of every tower (the
+    tiny Llama's k/v are 64 -> 32 under grouped-query attention and are left out), checked on the skeleton."""
+    from pipeline.adapters import adapter_layers, attach
+    from pipeline.config import load_config
+    from pipeline.model.avllm import AVLLM
+    from pipeline.train.config import RunConfig
+    from pipeline.train.stages import check_model
+
+    args = common_overrides(train_data, tmp_path / "run", stage1_run=fake_stage1)
+    cfg = load_config(RunConfig, STAGE2, [*args, "adapter.name=mora", "adapter.scope=[llm, vision, audio]"])
+    check_model(cfg)
+    model = AVLLM.skeleton(cfg.model)
+    attach(model, cfg.adapter)
+    leaves = {}
+    for name, layer in adapter_layers(model).items():
+        assert layer.in_features == layer.out_features, name
+        leaves.setdefault(name.split(".")[0], set()).add(name.rsplit(".", 1)[1])
+    assert leaves == {"llm": {"q_proj", "o_proj"}, "vision": {"q_proj", "k_proj", "v_proj", "out_proj"},
+                      "audio": {"q_proj", "k_proj", "v_proj", "out_proj"}}
