@@ -87,6 +87,8 @@ def config_hash(cfg: RunConfig) -> str:
     data = to_dict(cfg)
     for key in ("output_dir", "resume", "max_steps"):
         data.pop(key)
+    data["train"].pop("existing_run")  # what happens to an earlier run in output_dir, not to this one
+    data["adapter"]["targets"] = cfg.adapter.target_names  # unset targets hash as the defaults they stand for
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

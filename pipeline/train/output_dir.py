@@ -9,11 +9,12 @@ that run (the checkpoint's config hash must match, `pipeline.train.checkpoint.lo
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
 
-from pipeline.rundir import RunDir
+from pipeline.rundir import COMPLETE, RunDir
 from pipeline.train.config import RunConfig
 
 
@@ -48,12 +49,30 @@ def check_writable(root: Path) -> None:
         raise ValueError(f"output_dir: {existing} is not writable; pick another output_dir")
 
 
+def check_same_config(cfg: RunConfig, checkpoint: Path) -> None:
+    """ValueError when `checkpoint` records the hash of another config (an exact resume needs the same one); the
+    ranks check it again on load (`pipeline.train.checkpoint.load_checkpoint`)."""
+    from pipeline.train.loop import config_hash  # the loop imports this module
+
+    try:
+        saved = json.loads((checkpoint / COMPLETE).read_text()).get("config_hash")
+    except (OSError, ValueError, AttributeError):
+        return  # an unreadable marker is for the resume itself to judge
+    if saved is not None and saved != config_hash(cfg):
+        raise ValueError(
+            f"resume=auto: {checkpoint} was saved by a run with a different config, and an exact resume needs the "
+            "same one; pick another output_dir, or resume=none with train.existing_run=move"
+        )
+
+
 def check_output_dir(cfg: RunConfig) -> bool:
     """True when `output_dir` holds a run that `train.existing_run=move` moves aside before training; ValueError
     (one line) when it cannot be written, or holds a run and the config does not say to move it aside."""
     run_dir = RunDir(cfg.output_dir)
     check_writable(run_dir.root.absolute())
     held = held_run(run_dir)
+    if cfg.resume == "auto" and run_dir.complete_checkpoints():
+        check_same_config(cfg, run_dir.complete_checkpoints()[-1])
     if held is None or _resumes_here(cfg, run_dir):
         return False
     if cfg.train.existing_run == "move":

@@ -3,6 +3,7 @@ train.existing_run=move) moved aside; a single process trains without a launcher
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -43,6 +44,17 @@ def test_a_run_that_would_start_over_in_another_runs_directory_is_refused(capsys
     assert expected in err and "train.existing_run=move" in err and "\n" not in err
     assert not dist.is_initialized()
     assert (out / "final" / "trainables.safetensors").read_text() == "the earlier run's weights"
+
+
+def test_resume_auto_from_a_checkpoint_of_another_config_is_one_line(capsys, train_data, tmp_path):
+    out = old_run(tmp_path / "run", complete=True)
+    (out / "checkpoints" / "step-3" / "COMPLETE").write_text(json.dumps({"step": 3, "config_hash": "0123456789abcdef"}))
+    assert main(["--config", STAGE1, *common_overrides(train_data, out), "resume=auto"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: resume=auto: {out / 'checkpoints' / 'step-3'} was saved by a run with a different config, "
+                   "and an exact resume needs the same one; pick another output_dir, or resume=none with "
+                   "train.existing_run=move")
+    assert not dist.is_initialized()
 
 
 def test_a_checkpoint_of_the_same_directory_may_restart_it(train_data, tmp_path):
