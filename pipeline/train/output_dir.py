@@ -4,7 +4,7 @@ A directory that already holds a run (a `final/` export or `checkpoints/step-*`)
 would start from step 0 there (`resume=none`, `resume=auto` with no complete checkpoint, or a checkpoint of another
 directory) is refused, unless `train.existing_run=move`, which renames the old run to a timestamped sibling
 (`NAME.moved-YYYYmmdd-HHMMSS`) so the two are never interleaved. `resume=auto` with a complete checkpoint continues
-that run (the checkpoint's config hash must match, `pipeline.train.checkpoint.load_checkpoint`).
+that run, if the checkpoint records the same config hash (`check_same_config`, before any rank starts).
 """
 
 from __future__ import annotations

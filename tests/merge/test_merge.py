@@ -200,6 +200,11 @@ def test_force_never_replaces_the_run_or_a_base_model(tmp_path, tiny_model_confi
         assert err.startswith("error: ") and err.count("\n") == 1 and expected in err, err
     assert tree(runs) | tree(llm) == before
     assert not list(runs.glob(".*")) and not (llm / "sub").exists()
+    afile = tmp_path / "a-file"
+    afile.write_text("mine")
+    assert main(["--run", str(run), "--out", str(afile / "merged")]) == 2  # an OSError: one line, not a traceback
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and str(afile) in err, err
 
 
 def yaml_model(run: Path) -> dict:
