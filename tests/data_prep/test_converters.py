@@ -134,10 +134,13 @@ def test_llava_synthetic_and_placeholder_prepending(raw, tmp_path):
     kinds = Counter("image" if r.images else "video" if r.video else "audio" for r in items)
     assert set(kinds) == {"image", "video", "audio"}
     (tmp_path / "x.jsonl").write_text('{"id": 1, "image": "a.jpg", "conversations": [{"from": "human", "value": "Hi"},'
-                                      ' {"from": "gpt", "value": "A cat."}]}\n{broken\n{"id": 2, "conversations": []}\n')
+                                      ' {"from": "gpt", "value": "A cat."}]}\n{broken\n{"id": 2, "conversations": []}\n'
+                                      '{"id": 3, "image": 5, "conversations": [{"from": "human", "value": "Hi"}]}\n'
+                                      '{"id": 4, "video": ["a.mp4"], "conversations": [{"from": "human", "value": "Hi"}]}\n')
     items = list(llava.records(tmp_path, "x"))
     assert _records(items)[0].conversations[0]["value"] == "<image>\nHi"
-    assert sorted(s.reason for s in items if isinstance(s, Skip)) == ["malformed_entry", "malformed_json"]
+    assert sorted(s.reason for s in items if isinstance(s, Skip)) == ["malformed_entry"] * 3 + ["malformed_json"]
+    assert any("'image' must be a file path, got 5" in s.detail for s in items if isinstance(s, Skip))
 
 
 def test_audiocaps_synthetic(raw):
