@@ -72,6 +72,9 @@ def records_from(annotations: Path, media_dir: Path) -> Iterator[Record | Skip]:
             if not isinstance(entry, dict) or "id" not in entry:
                 raise ValueError("entry needs an 'id'")
             conv = _check_conversations(entry.get("conversations"))
+            for kind in ("image", "video", "audio"):
+                if kind in entry and not (isinstance(entry[kind], str) and entry[kind]):
+                    raise ValueError(f"'{kind}' must be a file path, got {entry[kind]!r}")
         except ValueError as exc:
             yield Skip(where, "malformed_entry", f"{where}: {exc}")
             continue

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from data_prep.record import Record, Skip
-from pipeline.formats.music_avqa import parse_entry
+from pipeline.formats.music_avqa import NoAnswer, parse_entry
 
 SOURCE = "music_avqa"
 
@@ -22,6 +22,8 @@ def records(root: Path, split: str) -> Iterator[Record | Skip]:
         entries = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path}: cannot read the MUSIC-AVQA annotation file ({exc})") from None
+    if not isinstance(entries, list):
+        raise ValueError(f"{path}: the MUSIC-AVQA annotation file must be a list of questions")
     for i, entry in enumerate(entries):
         qid = str(entry.get("question_id", f"#{i}")) if isinstance(entry, dict) else f"#{i}"
         if not isinstance(entry, dict) or entry.get("question_deleted", 0):
@@ -30,11 +32,18 @@ def records(root: Path, split: str) -> Iterator[Record | Skip]:
             else:
                 yield Skip(qid, "malformed_entry", f"{path}: entry {i} is not an object")
             continue
+        video_id = entry.get("video_id")
+        if not isinstance(video_id, (str, int)) or isinstance(video_id, bool) or not str(video_id):
+            yield Skip(qid, "malformed_entry", f"{path}: question {qid}: 'video_id' is {video_id!r}")
+            continue
+        video_id = str(video_id)
         try:
             question, qtype, answer = parse_entry(entry)
-            video_id = str(entry["video_id"])
         except LookupError as exc:
             yield Skip(qid, "unknown_question_type", f"{path}: question {qid}: {exc}")
+            continue
+        except NoAnswer as exc:
+            yield Skip(qid, "no_answer", f"{path}: question {qid}: {exc}")
             continue
         except ValueError as exc:
             yield Skip(qid, "malformed_entry", f"{path}: question {qid}: {exc}")

@@ -91,8 +91,9 @@ def write_shards(
     With `annotations` (one file), `root` is the media folder its paths start from and `split` only names the output."""
     if source not in CONVERTERS:
         raise ValueError(f"--source must be one of {', '.join(CONVERTERS)}, got {source!r}")
-    if maxcount < 1:
-        raise ValueError(f"--maxcount must be at least 1, got {maxcount}")
+    for flag, value in (("--maxcount", maxcount), ("--workers", workers), ("--num-frames", num_frames)):
+        if value < 1:
+            raise ValueError(f"{flag} must be at least 1, got {value}")
     if annotations is None:
         items = list(CONVERTERS[source].records(root, split))
     elif hasattr(CONVERTERS[source], "records_from"):
@@ -181,9 +182,9 @@ def main(argv: list[str] | None = None) -> int:
             args.num_frames,
             annotations=args.json,
         )
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:  # bad input; a missing root, a read-only or full --out
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return 2
     skipped = ", ".join(f"{k}={v}" for k, v in sorted(index["skipped"].items())) or "none"
     print(
         f"{args.source}/{args.split}: {index['total']} samples in {len(index['shards'])} shards "

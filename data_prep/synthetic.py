@@ -13,6 +13,7 @@ import argparse
 import csv
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -206,15 +207,21 @@ def generate(out: Path, n: int = 32, seed: int = 0) -> dict[str, Path]:
     return roots
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="output directory")
     parser.add_argument("--n", type=int, default=32, help="train items per source (test: n//4, at least 4)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    for name, root in generate(args.out, args.n, args.seed).items():
+    try:
+        written = generate(args.out, args.n, args.seed)
+    except (ValueError, OSError) as exc:  # --n too small; a read-only or full --out
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for name, root in written.items():
         print(f"{name}: {root}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

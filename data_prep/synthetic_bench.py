@@ -14,6 +14,7 @@ import base64
 import csv
 import io
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -120,18 +121,26 @@ WRITERS = {"mmbench": mmbench, "pope": pope, "mme": mme}
 
 def generate(out: Path, n: int = 8, seed: int = 0) -> dict[str, Path]:
     """Write every benchmark under `out`; returns {benchmark: --data path}. Deterministic for a given (n, seed)."""
+    if n < 1:
+        raise ValueError(f"--n must be at least 1, got {n}")
     return {name: write(out, n, np.random.default_rng([seed, i])) for i, (name, write) in enumerate(WRITERS.items())}
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="output directory")
     parser.add_argument("--n", type=int, default=8, help="questions (MMBench, POPE per split) or images (MME)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    for name, path in generate(args.out, args.n, args.seed).items():
+    try:
+        written = generate(args.out, args.n, args.seed)
+    except (ValueError, OSError) as exc:  # --n too small; a read-only or full --out
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for name, path in written.items():
         print(f"{name}: {path}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -6,6 +6,8 @@ tiny random-init components -> synthetic raw datasets in the real formats (real 
 stage 1 (projectors on image/video/audio captions) -> stage 2 (the adapter on synthetic MUSIC-AVQA + AVE) -> merge
 -> eval on the synthetic MUSIC-AVQA, POPE and MMBench test sets, with the majority-answer baselines beside the
 scores. Every step leaves its files under --out and is skipped when they are already there (--fresh redoes all).
+--out must be new, empty or an earlier demo output (it holds a `.avtrain-demo` file): anything else is refused, so
+--fresh never deletes a directory the demo did not make.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 BENCHES = ("music_avqa", "pope", "mmbench")
 SOURCES = ("music_avqa", "ave", "llava", "audiocaps")
+MARKER = ".avtrain-demo"  # in --out: the directory is the demo's own (what --fresh may delete)
 
 
 def step(title: str):
@@ -197,6 +200,21 @@ def report(out: Path, results: dict[str, dict], base: dict[str, float], adapter:
     return table
 
 
+def claim(out: Path, fresh: bool) -> None:
+    """Make `out` the demo's directory, marked by MARKER; a non-empty directory without the marker is not the
+    demo's and is refused (never written into, never deleted). `fresh` empties a demo directory first."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; pick a directory for the demo")
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
+        raise ValueError(
+            f"--out {out} is not empty and is not a demo output (no {MARKER} file); pick a new or empty directory"
+        )
+    if fresh and out.is_dir():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("written by python -m launch.demo; --fresh deletes this directory\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/demo"))
@@ -206,16 +224,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nproc", type=int, default=2, help="DeepSpeed ranks (CPU processes here)")
     parser.add_argument("--stage1", nargs="*", default=[], metavar="KEY=VALUE", help="stage-1 config overrides")
     parser.add_argument("--stage2", nargs="*", default=[], metavar="KEY=VALUE", help="stage-2 config overrides")
-    parser.add_argument("--fresh", action="store_true", help="delete --out first and redo every step")
+    parser.add_argument(
+        "--fresh", action="store_true", help="delete --out (an earlier demo output) first and redo every step"
+    )
     args = parser.parse_args(argv)
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     out = args.out.resolve()
-    if args.fresh:
-        shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        claim(out, args.fresh)
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     start = time.time()
     prepare_data(out, args.n, args.seed)
     train(out, 1, args.nproc, args.stage1)

@@ -23,11 +23,12 @@ import sys
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from pipeline.config import ConfigError, load_config  # noqa: E402
+from pipeline.config import load_config  # noqa: E402
 from pipeline.data.plan import resolve_all  # noqa: E402
 from pipeline.train.config import RunConfig  # noqa: E402
 from pipeline.train.ds_config import resolve_ds_config  # noqa: E402
-from pipeline.train.stages import check_stage1_run  # noqa: E402
+from pipeline.train.output_dir import check_output_dir  # noqa: E402
+from pipeline.train.stages import check_model, check_stage1_run  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nodes", type=int, default=1, help="for --estimate-memory")
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. adapter.name=imod")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides may stand on either side of --deepspeed etc.
     overrides = list(args.overrides) + ([f"deepspeed={args.deepspeed}"] if args.deepspeed else [])
     world = int(os.environ.get("WORLD_SIZE", 1))
     try:
@@ -58,10 +59,13 @@ def main(argv: list[str] | None = None) -> int:
             check_tasks(cfg)
         else:
             resolve_all(cfg.data)
+            check_output_dir(cfg)
         if cfg.stage == 2:
             check_stage1_run(cfg.stage1_run)
         resolve_ds_config(cfg, world)
-    except (ConfigError, ValueError, FileNotFoundError) as exc:
+        if not cfg.continual.tasks:  # a sequence checks its adapter, sized for its tasks, in check_tasks
+            check_model(cfg)
+    except (ValueError, OSError) as exc:  # ConfigError is a ValueError; OSError: an unreadable input
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -46,6 +46,8 @@ from pipeline.model.avllm import AVLLM
 from pipeline.rundir import RunDir
 from pipeline.train.config import ContinualConfig, RunConfig, TaskConfig
 from pipeline.train.loop import init_distributed, pick_device, train
+from pipeline.train.output_dir import check_output_dir
+from pipeline.train.stages import check_model
 
 RESULT_JSON, RESULT_MD = "continual.json", "continual.md"
 ACCURACY_BENCHMARKS = tuple(name for name in sorted(BENCHMARKS) if name != "mme")
@@ -66,8 +68,11 @@ def task_config(cfg: RunConfig, index: int) -> RunConfig:
 
 def check_tasks(cfg: RunConfig) -> None:
     """Every task's shards and eval set exist and read (raises ValueError naming the file), before any training."""
-    for task in cfg.continual.tasks:
+    check_model(task_config(cfg, 0))  # the adapter as sized for the sequence, on the model's skeleton
+    for i, task in enumerate(cfg.continual.tasks):
         resolve_all(dataclasses.replace(cfg.data, sources=task.sources))
+        if not RunDir(task_config(cfg, i).output_dir).finished():  # a finished task is kept, an unfinished one
+            check_output_dir(task_config(cfg, i))  # resumes or starts over as a plain run would
         if task.eval.bench not in ACCURACY_BENCHMARKS:
             raise ValueError(
                 f"continual task '{task.name}': eval.bench '{task.eval.bench}' is not one of "

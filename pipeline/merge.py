@@ -27,6 +27,7 @@ import copy
 import dataclasses
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -288,6 +289,47 @@ def write_manifest(source: Source, out: Path, dtype_name: str, merged: bool) -> 
     (out / MERGE_MANIFEST).write_text(json.dumps(manifest, indent=2))
 
 
+def protected_dirs(source: Source) -> dict[str, Path]:
+    """What the merge reads and must never replace: the run and every base model directory it names."""
+    found = {"--run": source.run_dir, "stage1_run": source.stage1_run}
+    found |= {f"model.{k}": getattr(source.model, k) for k in ("llm", "vision", "audio", "tokenizer")}
+    return {key: Path(path).resolve() for key, path in found.items() if path is not None}
+
+
+def check_out(source: Source, out: Path, force: bool) -> None:
+    """Refuse an `out` that would replace the run, a base model, or (with --force) a directory that is not a
+    merge's output; one line, before anything is written."""
+    target = out.resolve()
+    for key, path in protected_dirs(source).items():
+        if target == path or target.is_relative_to(path) or path.is_relative_to(target):
+            relation = "is" if target == path else "lies inside" if target.is_relative_to(path) else "contains"
+            raise MergeError(f"--out {out} {relation} {key} ({path}); write the merge somewhere else")
+    if not out.exists():
+        return
+    if not force:
+        raise MergeError(f"{out}: already exists; pass --force to replace it")
+    if not out.is_dir() or (any(out.iterdir()) and not (out / MERGE_MANIFEST).is_file()):
+        raise MergeError(
+            f"{out}: --force replaces only an earlier merge's output (with {MERGE_MANIFEST}), and this "
+            "is not one; pick another --out"
+        )
+
+
+def clear_stale(out: Path, tmp: Path) -> None:
+    """Remove what a killed merge left beside `out` (its partial output; a replaced output it had moved aside is
+    put back when `out` is gone), and say so on stderr."""
+    old = out.with_name(f".{out.name}.old")
+    if old.is_dir() and not out.exists():
+        old.rename(out)
+        print(f"note: restored {out} from {old}, left by an interrupted merge", file=sys.stderr)
+    elif old.exists():
+        shutil.rmtree(old)
+        print(f"note: removed {old}, left by an interrupted merge", file=sys.stderr)
+    if tmp.exists():
+        shutil.rmtree(tmp)
+        print(f"note: removed {tmp}, left by an interrupted merge", file=sys.stderr)
+
+
 def merge_run(
     run_dir: str | Path,
     out: str | Path,
@@ -304,10 +346,9 @@ def merge_run(
     dtype = dtype or source.model.dtype
     if dtype not in DTYPES:
         raise MergeError(f"--dtype: '{dtype}' is not one of {', '.join(DTYPES)}")
-    if out.exists() and not force:
-        raise MergeError(f"{out}: already exists; pass --force to replace it")
+    check_out(source, out, force)
     tmp = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
+    clear_stale(out, tmp)
     tmp.mkdir(parents=True)
     try:
         write_checkpoint(source, tmp, dtype, keep_adapters, shard_bytes)

@@ -75,9 +75,14 @@ def attach(model: nn.Module, cfg: AdapterConfig, contexts: Contexts = None) -> A
     if adapter_layers(model):
         raise ValueError("attach: the model already has adapters; merge them or start from the base model")
     contexts = _resolve_contexts(model, contexts)
-    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and cfg.matches(n)]
+    method = cfg.method
+    names = [
+        n
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Linear) and cfg.matches(n) and (cfg.targets is not None or method.can_adapt(m))
+    ]
     if not names:
-        raise ValueError(f"adapter.targets: no linear layer matches {cfg.targets} (scope {cfg.scope or 'all'})")
+        raise ValueError(f"adapter.targets: no linear layer matches {cfg.target_names} (scope {cfg.scope or 'all'})")
     depths = _depths(names)
     make_layer = cfg.method.layer_factory(cfg)
     for name in names:
@@ -87,6 +92,7 @@ def attach(model: nn.Module, cfg: AdapterConfig, contexts: Contexts = None) -> A
         base.requires_grad_(False)
         layer = make_layer(base, cfg, _context_for(name, contexts), depths[name], name)
         setattr(parent, leaf, layer)
+    cfg.method.check_attached(adapter_layers(model))
     trainable = sum(p.numel() for p in adapter_parameters(model).values())
     return AttachReport(cfg.name, names, trainable)
 

@@ -9,7 +9,10 @@ compare a method's name:
     mergeable       whether one fixed weight reproduces it (`merge`, `launch/merge.py`)
     lora_family     its only use of A is u = A x̃ through `project_down` (the Non-Text Dominance Rate is defined)
     peft_options    PEFT `LoraConfig` options of the equivalent PEFT layer, or None when PEFT has none
+    default_targets the targets when `adapter.targets` is not set; then only layers it `can_adapt` are taken
+    can_adapt       whether it can wrap a given linear layer (MoRA: square ones only)
     check_config    checks across the adapter section (MoRA needs two towers)
+    check_attached  checks across the layers one attach made (MoRA: every tower in scope has paired targets)
     for_tasks       its config for a continual sequence of n tasks (DeLo allocates a pool set per task)
     start_task      per layer: make task t the trained one (DeLo freezes the other tasks' pools)
     prepare_merge   run-level state a streamed, layer-at-a-time merge must set first (MoRA's shared S)
@@ -33,6 +36,7 @@ if TYPE_CHECKING:
     from pipeline.adapters.config import AdapterConfig
 
 ADAPTERS: dict[str, type[AdapterLinear]] = {}
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 @dataclasses.dataclass
@@ -52,6 +56,7 @@ class AdapterLinear(nn.Module):
     mergeable: ClassVar[bool] = True
     lora_family: ClassVar[bool] = False
     peft_options: ClassVar[dict[str, Any] | None] = None
+    default_targets: ClassVar[tuple[str, ...]] = DEFAULT_TARGETS
     # an auxiliary loss from the last forward (e.g. LoRAMoE's load balance), summed by `aux_loss(model)`
     last_aux_loss: torch.Tensor | None = None
 
@@ -85,8 +90,18 @@ class AdapterLinear(nn.Module):
         return cls
 
     @classmethod
+    def can_adapt(cls, layer: nn.Linear) -> bool:
+        """Whether this method can wrap `layer`. With default targets, layers it cannot are left out; a layer named
+        by explicit `adapter.targets` that it cannot adapt is an error (raised by the constructor)."""
+        return True
+
+    @classmethod
     def check_config(cls, cfg: AdapterConfig) -> None:
         """Raise ValueError naming the key when the adapter section cannot work for this method."""
+
+    @classmethod
+    def check_attached(cls, layers: Mapping[str, AdapterLinear]) -> None:
+        """Raise ValueError naming the key when the layers one `attach` made cannot work together. Default: none."""
 
     @classmethod
     def for_tasks(cls, cfg: AdapterConfig, tasks: int) -> AdapterConfig:

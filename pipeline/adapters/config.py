@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any
 
-from pipeline.adapters.base import ADAPTERS, AdapterLinear
+from pipeline.adapters.base import ADAPTERS, DEFAULT_TARGETS, AdapterLinear
 from pipeline.config import from_dict
 
-DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+__all__ = ["DEFAULT_TARGETS", "AdapterConfig"]
 
 
 @dataclass
@@ -22,7 +22,8 @@ class AdapterConfig:
     """Adapter choice and hyper-parameters.
 
     targets: a bare name (`q_proj`) matches the last component of a module name; a pattern containing `.` or a
-      wildcard (`vision.*.q_proj`) is matched with fnmatch against the full module name.
+      wildcard (`vision.*.q_proj`) is matched with fnmatch against the full module name. Unset (null): the method's
+      `default_targets`, restricted to the layers it can adapt (MoRA: the square attention projections).
     scope: module-name prefixes the targets are restricted to (e.g. `[llm]` in the composed model, so that the
       encoder towers' own `q_proj` stay untouched); empty means the whole model.
     options: the method's own options (its `Options` dataclass: see each method's module); unset ones take the
@@ -33,7 +34,7 @@ class AdapterConfig:
     rank: int = 8
     alpha: float = 16.0
     dropout: float = 0.0
-    targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
+    targets: list[str] | None = None
     scope: list[str] = field(default_factory=list)
     rslora: bool = False
     options: dict[str, Any] = field(default_factory=dict)
@@ -55,8 +56,8 @@ class AdapterConfig:
             raise ValueError(f"adapter.rank: must be >= 1, got {self.rank}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"adapter.dropout: must be in [0, 1), got {self.dropout}")
-        if not self.targets:
-            raise ValueError("adapter.targets: empty; name at least one linear layer (e.g. q_proj)")
+        if self.targets is not None and not self.targets:
+            raise ValueError("adapter.targets: empty; name at least one linear layer (e.g. q_proj), or leave it unset")
         self.method_options()
         method.check_config(self)
 
@@ -64,12 +65,17 @@ class AdapterConfig:
         """This adapter's config for a continual sequence of `tasks` tasks (see `AdapterLinear.for_tasks`)."""
         return self.method.for_tasks(self, tasks)
 
+    @property
+    def target_names(self) -> list[str]:
+        """The targets in force: `targets`, or the method's defaults when unset."""
+        return list(self.method.default_targets) if self.targets is None else list(self.targets)
+
     def matches(self, module_name: str) -> bool:
         """Whether a linear layer called `module_name` is a target (see the class docstring)."""
         if self.scope and not any(module_name == p or module_name.startswith(p + ".") for p in self.scope):
             return False
         leaf = module_name.rsplit(".", 1)[-1]
-        for pattern in self.targets:
+        for pattern in self.target_names:
             if any(ch in pattern for ch in ".*?["):
                 if fnmatchcase(module_name, pattern):
                     return True

@@ -118,6 +118,10 @@ class MoRAShared:
 class MoRALinear(LowRankLinear, name="mora"):
     """One MoRA layer; see the module docstring for the formula and the choices made."""
 
+    # attention projections of the LLM (o_proj) and of the CLIP/SigLIP/Whisper towers (out_proj); `can_adapt` keeps
+    # the square ones (k/v drop out under grouped-query attention)
+    default_targets = ("q_proj", "k_proj", "v_proj", "o_proj", "out_proj")
+
     def __init__(
         self,
         base: nn.Linear,
@@ -149,11 +153,31 @@ class MoRALinear(LowRankLinear, name="mora"):
         return functools.partial(cls, shared=MoRAShared(cfg.scope))
 
     @classmethod
+    def can_adapt(cls, layer: nn.Linear) -> bool:
+        return layer.in_features == layer.out_features
+
+    @classmethod
     def check_config(cls, cfg: AdapterConfig) -> None:
         if len(cfg.scope) < 2:
             raise ValueError(
                 f"adapter.scope: mora needs at least two towers (e.g. [vision, audio, llm]), got {cfg.scope}"
             )
+
+    @classmethod
+    def check_attached(cls, layers: Mapping[str, AdapterLinear]) -> None:
+        """Every tower of the scope has target layers, and every block reads an S at each other tower's paired
+        block: what the forward needs, found when the adapter is attached (before training starts)."""
+        for registry in {id(m.shared): m.shared for m in layers.values() if isinstance(m, cls)}.values():
+            empty = [t for t in registry.towers if t not in registry.blocks]
+            if empty:
+                raise ValueError(
+                    f"adapter.targets: mora finds no square target layer in tower '{empty[0]}' of adapter.scope "
+                    f"{registry.towers}; target its square projections too (e.g. q_proj, out_proj)"
+                )
+            for tower, block in list(registry.owners):
+                for other in registry.blocks:
+                    if other != tower:  # raises when the paired block of `other` has no S
+                        registry.weight(other, registry.paired_block(tower, block, other))
 
     @classmethod
     def prepare_merge(cls, model: nn.Module, state: Mapping[str, torch.Tensor], dtype: torch.dtype) -> None:

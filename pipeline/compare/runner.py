@@ -135,8 +135,11 @@ def check_inputs(args: argparse.Namespace) -> tuple[list[str], list[str | None],
     """Every check that can fail on the user's input, before any training: one ValueError line each."""
     adapters, seeds = parse_list(args.adapters, "adapters"), parse_seeds(args.seeds)
     trains = check_missing(args)
-    if args.nproc < 1:
-        raise ValueError(f"--nproc: must be at least 1, got {args.nproc}")
+    for flag in ("nproc", "batch_size", "max_new_tokens"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')}: must be at least 1, got {getattr(args, flag)}")
+    if args.out.exists() and not args.out.is_dir():
+        raise ValueError(f"--out {args.out} is a file; name a directory for the grid")
     managed_keys = MANAGED + (MISSING_MANAGED if args.train_missing else ())
     managed = [o for o in args.overrides if o.split("=", 1)[0].strip() in managed_keys]
     if managed:
@@ -300,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
             setattr(args, name, getattr(args, name).resolve())
     try:
         adapters, trains, seeds = check_inputs(args)
-    except (ValueError, FileNotFoundError) as exc:  # ConfigError and BenchError are ValueErrors
+    except (ValueError, OSError) as exc:  # ConfigError and BenchError are ValueErrors; OSError: unreadable input
         print(f"error: {exc}", file=sys.stderr)
         return 2
     from transformers.utils import logging as hf_logging
@@ -321,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
                     cells.append(compare.read_cell(cell, label, seed))
                     if train_missing is not None:
                         grid_cells.append(compare.read_grid_cell(cell, adapter, seed))
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:  # OSError: a read-only or full disk under --out
         print(f"error: {exc}", file=sys.stderr)
         return 2
     points = BENCHMARKS[args.bench].POINT_METRICS

@@ -22,7 +22,7 @@ import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from typing import Any
 
 import torch
@@ -51,7 +51,7 @@ class ShardLoader:
 
     Leaving the loop early and calling `iter()` again continues after the last batch handed out (same as a resume).
 
-    `skipped` counts skipped samples by reason (bad_json, bad_video, bad_audio, bad_image, missing_media,
+    `skipped` counts skipped samples by reason (bad_json, bad_field, bad_video, bad_audio, bad_image, missing_media,
     placeholder_mismatch, rejected_by_processor, unreadable_shard) and `bad_shards` names the shards that failed.
     With `missing` (see `pipeline.data.missing`), `missing` counts the samples handed out without audio or visual.
     `worker_init` runs first in every DataLoader worker (the training loop makes workers outlive its stop signals).
@@ -101,7 +101,7 @@ class ShardLoader:
         """Start `epoch` from its beginning."""
         self.epoch, self.step, self.workers = epoch, 0, {}
 
-    def __iter__(self) -> Iterator[dict]:
+    def __iter__(self) -> Generator[dict, None, None]:
         plan = self.plan()
         stream = WorkerStream(
             self.cfg, plan, self.rank, self.epoch, self.processor, dict(self.workers), self.missing_cfg

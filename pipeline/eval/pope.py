@@ -50,14 +50,16 @@ def load(data: Path, media_root: Path | None = None) -> list[Item]:
                 qid, image, text, label = (entry[k] for k in ("question_id", "image", "text", "label"))
             except (json.JSONDecodeError, KeyError, TypeError) as exc:
                 raise BenchError(f"{path}:{n}: not a POPE line with question_id, image, text, label ({exc})") from None
-            if str(label).lower() not in ("yes", "no"):
+            if not isinstance(label, str) or label.lower() not in ("yes", "no"):
                 raise BenchError(f"{path}:{n}: label must be yes or no, got {label!r}")
+            if not isinstance(text, str) or not isinstance(image, str) or not image:
+                raise BenchError(f"{path}:{n}: text and image must be strings, got {text!r} and {image!r}")
             fields = {"split": split, "question_id": qid}
             items.append(
                 Item(
                     fields=fields,
                     prompt=text + INSTRUCTION,
-                    gold={"label": str(label).lower()},
+                    gold={"label": label.lower()},
                     group=f"{split}|{qid}",
                     image=media_root / image,
                 )

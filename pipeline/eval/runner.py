@@ -86,6 +86,8 @@ def check_args(args: argparse.Namespace) -> None:
             raise BenchError(f"--missing {args.missing}: {args.bench} has no {' or '.join(sorted(lacking))} input")
     if args.model is not None and not (args.model / CONFIG_FILE).is_file():
         raise BenchError(f"{args.model}: not an AVLLM checkpoint (no {CONFIG_FILE})")
+    if args.out.exists() and not args.out.is_dir():
+        raise BenchError(f"--out {args.out} is a file; name a directory for the results")
 
 
 def check_grid(args: argparse.Namespace) -> None:
@@ -170,14 +172,14 @@ def main(argv: list[str] | None = None) -> int:
             passes = plan(args, items)
         if rank == 0:  # a full disk or read-only --out fails now, not after the model has run
             check_space(args.out, OUT_BYTES)
-    except (BenchError, WriteError) as exc:
+    except (BenchError, WriteError, OSError) as exc:  # OSError: an input that cannot be read
         if rank == 0:
             print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.model is not None:
         try:
             outputs = run_model(args, items, passes)
-        except BenchError as exc:  # a media file that exists but does not decode
+        except (BenchError, OSError) as exc:  # a media file that exists but does not decode, an unreadable model
             print(f"error: {exc}", file=sys.stderr)
             return 2
     if outputs is None:  # a rank other than 0: rank 0 scores and writes

@@ -34,16 +34,26 @@ def fill_template(question: str, values: list[str]) -> str:
     return " ".join(filled.replace("\uff1f", "?").split())
 
 
+class NoAnswer(ValueError):
+    """An entry without a usable gold answer (`anser` missing, null or empty): never trained on or scored as "None"."""
+
+
 def parse_entry(entry: dict) -> tuple[str, list[str], str]:
-    """(filled question, [modality, kind] type, answer) of one official entry; ValueError names the bad field."""
+    """(filled question, [modality, kind] type, answer) of one official entry; ValueError names the bad field
+    (NoAnswer when it is the answer), LookupError an unknown question type."""
+    answer = entry.get("anser")
+    if isinstance(answer, bool) or not isinstance(answer, (str, int)) or not str(answer).strip():
+        raise NoAnswer(f"'anser' (the gold answer) is {answer!r}; an answer string is needed")
     try:
         qtype = json.loads(entry["type"])
         values = json.loads(entry["templ_values"])
-        question, answer = entry["question_content"], entry["anser"]
+        question = entry["question_content"]
     except KeyError as exc:
         raise ValueError(f"missing field {exc}") from None
     except (json.JSONDecodeError, TypeError) as exc:
         raise ValueError(f"'type' or 'templ_values' is not a JSON string ({exc})") from None
-    if not isinstance(qtype, list) or tuple(qtype) not in QUESTION_TYPES:
+    if not isinstance(qtype, list) or not all(isinstance(t, str) for t in qtype) or tuple(qtype) not in QUESTION_TYPES:
         raise LookupError(f"unknown question type {entry['type']}")
-    return fill_template(question, values), qtype, str(answer)
+    if not isinstance(question, str) or not isinstance(values, list):
+        raise ValueError("'question_content' must be a string and 'templ_values' a JSON list")
+    return fill_template(question, values), qtype, str(answer).strip()

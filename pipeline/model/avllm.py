@@ -24,7 +24,7 @@ from typing import Any, cast
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from pipeline.config import from_dict, to_dict
@@ -63,9 +63,10 @@ def vocab_size(llm: PreTrainedModel) -> int:
 class AVLLM(nn.Module):
     llm: Any  # a transformers causal LM (PreTrainedModel + GenerationMixin), typed loosely by transformers itself
 
-    def __init__(self, cfg: ModelConfig, llm: PreTrainedModel | None = None) -> None:
+    def __init__(self, cfg: ModelConfig, llm: PreTrainedModel | None = None, meta_towers: bool = False) -> None:
         """Compose from the paths in `cfg`; `llm` replaces loading `cfg.llm` (the merge passes a meta-device
-        skeleton so that a 7B LLM is never materialised: it streams the LLM's weights itself)."""
+        skeleton so that a 7B LLM is never materialised: it streams the LLM's weights itself); `meta_towers` builds
+        the encoders as meta-device skeletons too (see `skeleton`)."""
         super().__init__()
         self.config = cfg
         dtype = cfg.torch_dtype
@@ -79,8 +80,8 @@ class AVLLM(nn.Module):
         )
         self._add_token_rows(len(self.tokenizer))
         width = self.llm.config.get_text_config().hidden_size
-        self.vision = load_tower("vision", cfg.vision, cfg) if cfg.vision else None
-        self.audio = load_tower("audio", cfg.audio, cfg) if cfg.audio else None
+        self.vision = load_tower("vision", cfg.vision, cfg, meta_towers) if cfg.vision else None
+        self.audio = load_tower("audio", cfg.audio, cfg, meta_towers) if cfg.audio else None
         self.projectors = nn.ModuleDict()
         for name, tower, kind in (
             ("vision", self.vision, cfg.vision_projector),
@@ -119,6 +120,16 @@ class AVLLM(nn.Module):
             if layer is not None:
                 weight = cast(torch.Tensor, layer.weight)
                 weight[old:] = weight[:old].mean(0, keepdim=True)
+
+    @classmethod
+    def skeleton(cls, cfg: ModelConfig) -> AVLLM:
+        """The composed model with the LLM and the encoders on the meta device, built from their configs: every
+        module name and shape, and the towers' own checks (pooling, windows), without reading a weight. What the
+        pre-flight checks attach adapters to."""
+        config = AutoConfig.from_pretrained(cfg.llm_dir)
+        with torch.device("meta"):
+            llm = AutoModelForCausalLM.from_config(config, dtype=cfg.torch_dtype)
+        return cls(cfg, llm=llm, meta_towers=True)
 
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> AVLLM:

@@ -45,7 +45,7 @@ class Tower(Protocol):
     def __call__(self, values: torch.Tensor) -> torch.Tensor: ...
 
 
-TOWERS: dict[Kind, dict[str, Callable[[Path, ModelConfig], Tower]]] = {"vision": {}, "audio": {}}
+TOWERS: dict[Kind, dict[str, Callable[[Path, ModelConfig, bool], Tower]]] = {"vision": {}, "audio": {}}
 
 
 def tower(kind: Kind, *model_types: str):
@@ -59,8 +59,10 @@ def tower(kind: Kind, *model_types: str):
     return register
 
 
-def load_tower(kind: Kind, path: Path, cfg: ModelConfig) -> Tower:
-    """The registered tower for the checkpoint at `path` (by its `model_type`), built with the model settings."""
+def load_tower(kind: Kind, path: Path, cfg: ModelConfig, meta: bool = False) -> Tower:
+    """The registered tower for the checkpoint at `path` (by its `model_type`), built with the model settings; with
+    `meta`, its encoder is a meta-device skeleton built from the checkpoint's config (no weight is read), for checks
+    of names and shapes."""
     model_type = AutoConfig.from_pretrained(path).model_type
     cls = TOWERS[kind].get(model_type)
     if cls is None:
@@ -68,7 +70,7 @@ def load_tower(kind: Kind, path: Path, cfg: ModelConfig) -> Tower:
             f"{path}: {kind} encoder type '{model_type}' is not supported "
             f"(supported: {', '.join(sorted(TOWERS[kind]))})"
         )
-    return cls(path, cfg)
+    return cls(path, cfg, meta)
 
 
 def load_safetensors_prefix(path: Path, prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
@@ -118,11 +120,15 @@ class VisionTower(_SavedTower):
 
     sample_rate = SAMPLE_RATE
 
-    def __init__(self, path: Path, cfg: ModelConfig):
+    def __init__(self, path: Path, cfg: ModelConfig, meta: bool = False):
         super().__init__()
-        model_type = AutoConfig.from_pretrained(path).model_type
-        cls = SiglipVisionModel if model_type.startswith("siglip") else CLIPVisionModel
-        self.encoder = cls.from_pretrained(path, dtype=cfg.torch_dtype)
+        config = AutoConfig.from_pretrained(path)
+        cls = SiglipVisionModel if config.model_type.startswith("siglip") else CLIPVisionModel
+        if meta:
+            with torch.device("meta"):
+                self.encoder = cls(getattr(config, "vision_config", config))
+        else:
+            self.encoder = cls.from_pretrained(path, dtype=cfg.torch_dtype)
         self.path = Path(path)
         self.feature_layer = cfg.vision_feature_layer
         pool = self.pool = cfg.vision_pool
@@ -130,7 +136,10 @@ class VisionTower(_SavedTower):
         self.has_cls = vcfg.model_type.startswith("clip")
         self.grid = vcfg.image_size // vcfg.patch_size
         if self.grid % pool:
-            raise ValueError(f"model.vision_pool={pool} must divide the patch grid {self.grid}")
+            raise ValueError(
+                f"model.vision_pool={pool} must divide the {self.grid}x{self.grid} patch grid of {path} (its "
+                f"divisors: {', '.join(str(d) for d in range(1, self.grid + 1) if self.grid % d == 0)})"
+            )
         self.hidden_size = vcfg.hidden_size
         self.tokens_per_item = (self.grid // pool) ** 2
 
@@ -162,7 +171,7 @@ class WhisperAudioTower(_SavedTower):
     rather than 30 s of padding.
     """
 
-    def __init__(self, path: Path, cfg: ModelConfig):
+    def __init__(self, path: Path, cfg: ModelConfig, meta: bool = False):
         super().__init__()
         from transformers import WhisperFeatureExtractor
         from transformers.models.whisper.modeling_whisper import WhisperEncoder
@@ -177,13 +186,18 @@ class WhisperAudioTower(_SavedTower):
                 f"model.audio_window_seconds={window_seconds} gives {frames} mel frames; it must be even "
                 f"and at most {2 * config.max_source_positions} for {path}"
             )
-        state = load_safetensors_prefix(self.path, ("model.encoder.", "encoder.", ""))
         positions = frames // 2
-        state["embed_positions.weight"] = state["embed_positions.weight"][:positions]
-        config.max_source_positions = positions
-        self.encoder = WhisperEncoder(config)
-        self.encoder.load_state_dict(state, strict=True)
-        cast(nn.Module, self.encoder).to(dtype)  # transformers types its own `to` too narrowly for mypy
+        if meta:
+            config.max_source_positions = positions
+            with torch.device("meta"):
+                self.encoder = WhisperEncoder(config)
+        else:
+            state = load_safetensors_prefix(self.path, ("model.encoder.", "encoder.", ""))
+            state["embed_positions.weight"] = state["embed_positions.weight"][:positions]
+            config.max_source_positions = positions
+            self.encoder = WhisperEncoder(config)
+            self.encoder.load_state_dict(state, strict=True)
+            cast(nn.Module, self.encoder).to(dtype)  # transformers types its own `to` too narrowly for mypy
         self.window_seconds = window_seconds
         self.sample_rate = fe.sampling_rate
         self.pool = pool
@@ -220,13 +234,17 @@ class ASTAudioTower(_SavedTower):
     `model.audio_window_seconds` must be max_length / 100. Its two leading [CLS]/distillation tokens are dropped.
     """
 
-    def __init__(self, path: Path, cfg: ModelConfig):
+    def __init__(self, path: Path, cfg: ModelConfig, meta: bool = False):
         super().__init__()
         from transformers import ASTFeatureExtractor, ASTModel
 
         window_seconds, pool = cfg.audio_window_seconds, cfg.audio_pool
         self.path = Path(path)
-        self.encoder = ASTModel.from_pretrained(path, dtype=cfg.torch_dtype)
+        if meta:
+            with torch.device("meta"):
+                self.encoder = ASTModel(AutoConfig.from_pretrained(path))
+        else:
+            self.encoder = ASTModel.from_pretrained(path, dtype=cfg.torch_dtype)
         self.sample_rate = ASTFeatureExtractor.from_pretrained(path).sampling_rate
         config = self.encoder.config
         if round(window_seconds * 100) != config.max_length:

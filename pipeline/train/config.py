@@ -11,6 +11,8 @@ from pipeline.data.missing import MissingConfig
 from pipeline.model.config import ModelConfig
 from pipeline.train.trackers import check_report_to
 
+EXISTING_RUN = ("refuse", "move")  # train.existing_run: see pipeline/train/output_dir.py
+
 
 @dataclass
 class OptimConfig:
@@ -19,8 +21,23 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     warmup_ratio: float = 0.03  # linear warmup over this share of the steps, then cosine decay to 0
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0  # max global gradient norm; 0: no clipping
     gradient_accumulation_steps: int = 1
+
+    def validate(self) -> None:
+        if not self.lr > 0:
+            raise ValueError(f"optim.lr: must be > 0, got {self.lr}")
+        if not self.eps > 0:
+            raise ValueError(f"optim.eps: must be > 0, got {self.eps}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"optim.betas: two numbers in [0, 1), got {self.betas}")
+        if not 0 <= self.warmup_ratio <= 1:
+            raise ValueError(f"optim.warmup_ratio: must be in [0, 1], got {self.warmup_ratio}")
+        for key in ("weight_decay", "grad_clip"):
+            if not getattr(self, key) >= 0:
+                raise ValueError(f"optim.{key}: must be >= 0, got {getattr(self, key)}")
+        if self.gradient_accumulation_steps < 1:
+            raise ValueError(f"optim.gradient_accumulation_steps: must be >= 1, got {self.gradient_accumulation_steps}")
 
 
 @dataclass
@@ -37,6 +54,29 @@ class TrainConfig:
     # experiment trackers (pipeline/train/trackers.py): tensorboard, wandb, mlflow; [] for none
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
     collective_timeout_minutes: float = 30.0  # a collective that waits longer for a rank ends the job (dead peer)
+    existing_run: str = "refuse"  # output_dir already holds a run that this one would restart: refuse | move (aside)
+
+    def validate(self) -> None:
+        if self.device not in ("auto", "cuda", "cpu"):
+            raise ValueError(f"train.device: '{self.device}' is not one of auto, cuda, cpu")
+        check_report_to(self.report_to)
+        if not self.collective_timeout_minutes > 0:
+            raise ValueError(
+                f"train.collective_timeout_minutes: must be > 0 (minutes, fractions allowed), "
+                f"got {self.collective_timeout_minutes}"
+            )
+        if self.existing_run not in EXISTING_RUN:
+            raise ValueError(f"train.existing_run: '{self.existing_run}' is not one of {', '.join(EXISTING_RUN)}")
+        for key, least in (
+            ("epochs", 1),
+            ("log_every", 1),
+            ("max_bad_steps", 1),
+            ("save_every", 0),
+            ("keep_last", 0),
+            ("dominance_every", 0),
+        ):
+            if getattr(self, key) < least:
+                raise ValueError(f"train.{key}: must be >= {least}, got {getattr(self, key)}")
 
 
 @dataclass
@@ -100,20 +140,16 @@ class RunConfig:
     def validate(self) -> None:
         if self.stage not in (1, 2):
             raise ValueError(f"stage: must be 1 or 2, got {self.stage}")
-        check_report_to(self.train.report_to)
-        if self.train.device not in ("auto", "cuda", "cpu"):
-            raise ValueError(f"train.device: '{self.train.device}' is not one of auto, cuda, cpu")
+        if not self.output_dir.strip():
+            raise ValueError("output_dir: empty; name the run directory to write")
+        if Path(self.output_dir).exists() and not Path(self.output_dir).is_dir():
+            raise ValueError(f"output_dir: {self.output_dir} is a file, not a directory; pick another output_dir")
+        if self.max_steps < 0:
+            raise ValueError(f"max_steps: must be >= 0 (0: epochs decide), got {self.max_steps}")
         if self.data.num_frames != self.model.num_frames:
             raise ValueError(
                 f"data.num_frames={self.data.num_frames} differs from model.num_frames="
                 f"{self.model.num_frames}; set both to the frames the model takes"
-            )
-        if self.optim.gradient_accumulation_steps < 1 or self.max_steps < 0 or self.train.epochs < 1:
-            raise ValueError("optim.gradient_accumulation_steps and train.epochs must be >= 1, max_steps >= 0")
-        if not self.train.collective_timeout_minutes > 0:
-            raise ValueError(
-                f"train.collective_timeout_minutes: must be > 0 (minutes, fractions allowed), "
-                f"got {self.train.collective_timeout_minutes}"
             )
         if self.continual.tasks and self.stage != 2:
             raise ValueError("continual.tasks: a task sequence instruction-tunes adapters; set stage: 2")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import time
 from collections import Counter
 from contextlib import closing, nullcontext, suppress
@@ -38,6 +39,7 @@ from pipeline.train.checkpoint import CheckpointError, damage, load_checkpoint, 
 from pipeline.train.config import RunConfig
 from pipeline.train.ds_config import offloads_optimizer, resolve_ds_config
 from pipeline.train.logging import MetricsLogger
+from pipeline.train.output_dir import check_output_dir, move_aside
 from pipeline.train.preempt import Preempted, StopRequest, ignore_stop_signals
 from pipeline.train.stages import build_model, check_stage1_run
 
@@ -56,9 +58,23 @@ def pick_device(cfg: RunConfig) -> torch.device:
     return torch.device("cpu")
 
 
+def single_process_env() -> None:
+    """Without a launcher (`python launch/train.py ...`) no RANK/WORLD_SIZE is set and DeepSpeed would look for MPI:
+    make this process rank 0 of a world of one, on a free local port."""
+    if any(key in os.environ for key in ("RANK", "WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")):
+        return  # a launcher, or MPI (which DeepSpeed discovers), says who this process is
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    defaults = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
+
+
 def init_distributed(device: torch.device, timeout_minutes: float = 30.0) -> None:
     """The process group; a collective that waits `timeout_minutes` for a peer fails (gloo: an exception,
     `collective_timeout`; NCCL: its watchdog ends the process), so a dead or hung rank ends the job."""
+    single_process_env()
     if device.type == "cpu":
         # DeepSpeed JIT-compiles a shared-memory all-reduce op for CPU at init (~30 s); gloo does not need it.
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
@@ -97,6 +113,8 @@ def config_hash(cfg: RunConfig) -> str:
         data.pop(key)
     data["train"].pop("report_to")  # where the logs go does not change the trajectory
     data["train"].pop("collective_timeout_minutes")
+    data["train"].pop("existing_run")  # what happens to an earlier run in output_dir, not to this one
+    data["adapter"]["targets"] = cfg.adapter.target_names  # unset targets hash as the defaults they stand for
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -237,9 +255,12 @@ def prepare(cfg: RunConfig, start_from: Path | None, task: int, stop: StopReques
     run_dir = RunDir(cfg.output_dir)
     if cfg.stage == 2:
         check_stage1_run(cfg.stage1_run)
+    move = check_output_dir(cfg)  # every rank decides before any of them moves anything
     device = pick_device(cfg)
     init_distributed(device, cfg.train.collective_timeout_minutes)
     rank, world = dist.get_rank(), dist.get_world_size()
+    moved = move_aside(run_dir.root) if move and rank == 0 else None
+    dist.barrier()
     ds_config = resolve_ds_config(cfg, world)
     torch.manual_seed(cfg.seed)
 
@@ -264,6 +285,8 @@ def prepare(cfg: RunConfig, start_from: Path | None, task: int, stop: StopReques
         loader.load_state_dict(state["data"])
         step = state["step"]
     log = MetricsLogger(run_dir, total, step, rank == 0, cfg.train.report_to, to_dict(cfg))
+    if moved is not None:
+        log.note(f"moved the earlier run in {run_dir.root} aside to {moved} (train.existing_run=move)")
     if report is not None:
         log.note(f"adapter {report}")
     for note in notes:
@@ -299,7 +322,7 @@ def run_steps(s: Session) -> None:
     gas = s.cfg.optim.gradient_accumulation_steps
     window = Window()
     while s.step < s.total:
-        with closing(iter(s.loader)) as batches:
+        with closing(s.loader.__iter__()) as batches:  # a generator: closed on the way out
             for batch in batches:
                 if not micro_step(s, _to_device(batch, s.device), window):
                     continue

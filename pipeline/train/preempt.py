@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import signal
 from types import FrameType
+from typing import Any
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 # EX_TEMPFAIL of sysexits.h: "a temporary failure; the user is invited to retry"
@@ -26,7 +27,7 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.signal: signal.Signals | None = None
-        self._previous: dict[int, object] = {}
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopRequest:
         try:

@@ -29,6 +29,16 @@ def check_stage1_run(stage1_run: Path | None) -> RunDir:
     return run
 
 
+def check_model(cfg: RunConfig) -> None:
+    """The model section against its checkpoints and the adapter against the model, before any rank starts: the
+    composed model as a meta-device skeleton (configs and tokenizer read, no weight), the towers' own checks
+    (`model.vision_pool` against the patch grid, audio windows), and in stage 2 the adapter attached to it, which
+    refuses targets that match no layer or that the method cannot adapt. ValueError/OSError in one line."""
+    model = AVLLM.skeleton(cfg.model)
+    if cfg.stage == 2:
+        attach(model, cfg.adapter)
+
+
 def build_model(cfg: RunConfig, start_from: Path | None = None, task: int = 0) -> tuple[AVLLM, AttachReport | None]:
     """The model of a stage, frozen but for what it trains. `start_from`: a finished run whose final trainables
     (adapter and projectors) replace the stage-1 projectors and the fresh adapter (continual tasks after the first)."""

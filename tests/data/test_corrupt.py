@@ -150,3 +150,136 @@ def test_decoder_never_unpickles_even_when_pointed_at_a_pickle(shards, tmp_path)
         assert exc.reason == "bad_audio"
     assert not marker.exists()
     assert not allowed_file("x.pyd") and not allowed_file("x.pickle") and allowed_file("x.frames.jpg")
+
+
+# ---- malformed sample json, one case per shape: (case, how the sample is damaged, the reason it is counted under) ----
+
+
+def _doc(change):
+    """A damage that edits the sample's parsed json with `change(doc)`."""
+
+    def damage(sample: dict) -> None:
+        doc = json.loads(sample["json"])
+        change(doc)
+        sample["json"] = json.dumps(doc).encode()
+
+    return damage
+
+
+def _raw(json_bytes: bytes):
+    return lambda sample: sample.update(json=json_bytes)
+
+
+def _set(path: str, value):
+    """A damage that sets the dotted json field `path` (e.g. media.video) to `value`."""
+
+    def change(doc: dict) -> None:
+        *parents, last = path.split(".")
+        node = doc
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        node[int(last) if isinstance(node, list) else last] = value
+
+    return _doc(change)
+
+
+def _drop(path: str):
+    *parents, last = path.split(".")
+    return _doc(lambda doc: _walk(doc, parents).pop(last))
+
+
+def _walk(doc, parts):
+    for part in parts:
+        doc = doc[int(part)] if isinstance(doc, list) else doc[part]
+    return doc
+
+
+def _predecoded(sample: dict) -> None:
+    """The sample's video as the predecoded layout names it (an 8-frame strip: the test adds `strip.jpg`)."""
+    _set("media.video", {"strip": "strip.jpg", "frames": 8})(sample)
+
+
+def _then(*damages):
+    def damage(sample: dict) -> None:
+        for d in damages:
+            d(sample)
+
+    return damage
+
+
+MALFORMED = [
+    ("json-not-utf8", _raw(b"\xff\xfe{}"), "bad_json"),
+    ("json-a-list", _raw(b"[1, 2]"), "bad_json"),
+    ("json-null", _raw(b"null"), "bad_json"),
+    ("conversations-missing", _drop("conversations"), "bad_field"),
+    ("conversations-a-string", _set("conversations", "<video><audio> hi"), "bad_field"),
+    ("conversations-empty", _set("conversations", []), "bad_field"),
+    ("turn-a-string", _set("conversations.1", "three"), "bad_field"),
+    ("turn-a-list", _set("conversations.1", ["gpt", "three"]), "bad_field"),
+    ("turn-value-a-number", _set("conversations.1.value", 3), "bad_field"),
+    ("turn-value-null", _set("conversations.1.value", None), "bad_field"),
+    ("turn-value-a-list", _set("conversations.0.value", ["<video>", "<audio>"]), "bad_field"),
+    ("turn-from-a-number", _set("conversations.0.from", 0), "bad_field"),
+    ("turn-without-value", _drop("conversations.1.value"), "bad_field"),
+    ("media-missing", _drop("media"), "bad_field"),
+    ("media-a-list", _set("media", ["mp4", "wav"]), "bad_field"),
+    ("media-a-string", _set("media", "mp4"), "bad_field"),
+    ("video-a-list", _set("media.video", ["mp4"]), "bad_field"),
+    ("video-a-number", _set("media.video", 4), "bad_field"),
+    ("video-empty-key", _set("media.video", ""), "bad_field"),
+    ("strip-without-key", _then(_predecoded, _set("media.video", {"frames": 8})), "bad_field"),
+    ("frames-a-string", _then(_predecoded, _set("media.video.frames", "eight")), "bad_field"),
+    ("frames-a-float", _then(_predecoded, _set("media.video.frames", 8.5)), "bad_field"),
+    ("frames-zero", _then(_predecoded, _set("media.video.frames", 0)), "bad_field"),
+    ("frames-a-bool", _then(_predecoded, _set("media.video.frames", True)), "bad_field"),
+    ("frames-a-list", _then(_predecoded, _set("media.video.frames", [8])), "bad_field"),
+    ("frames-the-strip-cannot-hold", _then(_predecoded, _set("media.video.frames", 7)), "bad_video"),
+    ("audio-a-dict", _set("media.audio", {"key": "wav"}), "bad_field"),
+    ("audio-null", _set("media.audio", None), "bad_field"),
+    ("images-a-string", _set("media.images", "jpg"), "bad_field"),
+    ("images-a-dict", _set("media.images", {"0": "jpg"}), "bad_field"),
+    ("images-of-numbers", _set("media.images", [1]), "bad_field"),
+    ("images-nested", _set("media.images", [["jpg"]]), "bad_field"),
+    ("meta-a-string", _set("meta", "music"), "bad_field"),
+    ("meta-a-list", _set("meta", ["music"]), "bad_field"),
+    ("id-a-dict", _set("id", {"n": 1}), "bad_field"),
+    ("source-a-number", _set("source", 7), "bad_field"),
+    ("video-names-a-missing-entry", _set("media.video", "mkv"), "missing_media"),
+    ("audio-names-a-missing-entry", _set("media.audio", "flac"), "missing_media"),
+    ("images-name-a-missing-entry", _set("media.images", ["png"]), "missing_media"),
+    ("strip-names-a-missing-entry", _then(_predecoded, _set("media.video.strip", "gone.jpg")), "missing_media"),
+    ("mp4-empty", lambda s: s.update(mp4=b""), "bad_video"),
+    ("wav-empty", lambda s: s.update(wav=b""), "bad_audio"),
+    ("image-garbage", _then(lambda s: s.update(jpg=b"\x89PNG not really"), _set("media.images", ["jpg"])),
+     "bad_image"),
+    ("placeholder-without-medium", _set("conversations.0.value", "<video>\n<audio>\n<image>\nHow many?"),
+     "placeholder_mismatch"),
+    ("medium-without-placeholder", _set("conversations.0.value", "How many beeps?"), "placeholder_mismatch"),
+]
+
+
+@pytest.fixture(scope="module")
+def strip(shards) -> bytes:
+    """A real predecoded 8-frame strip (jpg)."""
+    tar = sorted(shards["music_avqa_predecoded"].glob("*.tar"))[0]
+    sample = next(iter(wds.tarfile_samples([{"url": str(tar)}], select_files=allowed_file)))
+    return sample["frames.jpg"]
+
+
+@pytest.mark.parametrize("case, damage, reason", MALFORMED, ids=[c[0] for c in MALFORMED])
+def test_a_malformed_sample_is_skipped_and_counted_by_reason(shards, strip, tmp_path, case, damage, reason):
+    """Each malformed shape, in a real tar beside good samples, through the real ShardLoader: never handed out,
+    never a crash, counted under its reason alone; every step still runs."""
+    from pipeline.data.sample import CorruptSample, decode_sample
+
+    good = _originals(shards)[:3]
+    bad = dict(good[0], __key__="malformed", **{"strip.jpg": strip})  # a real 8-frame strip, for the strip cases
+    damage(bad)
+    with pytest.raises(CorruptSample) as caught:
+        decode_sample(dict(bad))
+    assert caught.value.reason == reason, caught.value
+    _write(tmp_path, "mixed-0.tar", [bad, *good])
+    loader = ShardLoader(config(tmp_path, num_workers=0, micro_batch_size=1, shuffle_buffer=4), ids)
+    seen = [k for batch in loader for k in batch["ids"]]
+    assert "malformed" not in seen and len(seen) == loader.steps_per_epoch == 4
+    assert set(loader.skipped) == {reason} and loader.skipped[reason] >= 1, loader.skipped

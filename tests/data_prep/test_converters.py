@@ -61,12 +61,21 @@ def test_music_avqa_bad_entries_are_skipped_with_reasons(tmp_path):
     good = {"video_id": "1", "question_id": 1, "type": '["Audio", "Counting"]', "question_content": "How many?",
             "templ_values": "[]", "question_deleted": 0, "anser": "one"}
     entries = [good, {**good, "question_id": 2, "type": '["Smell", "Counting"]'},
-               {**good, "question_id": 3, "templ_values": "not json"}, {**good, "question_id": 4, "question_deleted": 1}]
+               {**good, "question_id": 3, "templ_values": "not json"}, {**good, "question_id": 4, "question_deleted": 1},
+               {**good, "question_id": 5, "anser": None}, {**good, "question_id": 6, "anser": ""},
+               {k: v for k, v in good.items() if k != "anser"} | {"question_id": 7}, {**good, "question_id": 8,
+               "anser": ["one"]}, {**good, "question_id": 9, "video_id": None}, {**good, "question_id": 10,
+               "type": '[["Audio"], "Counting"]'}, {**good, "question_id": 11, "question_content": 3}]
     (tmp_path / "avqa-train.json").write_text(json.dumps(entries))
     items = list(music_avqa.records(tmp_path, "train"))
     assert len(_records(items)) == 1
     assert Counter(s.reason for s in items if isinstance(s, Skip)) == {
-        "unknown_question_type": 1, "malformed_entry": 1, "question_deleted": 1}
+        "unknown_question_type": 2, "malformed_entry": 3, "question_deleted": 1, "no_answer": 4}
+    assert next(s for s in items if s.id == "5").detail.endswith("'anser' (the gold answer) is None; an answer "
+                                                                 "string is needed")
+    (tmp_path / "avqa-val.json").write_text(json.dumps({"not": "a list"}))
+    with pytest.raises(ValueError, match="must be a list of questions"):
+        list(music_avqa.records(tmp_path, "val"))
 
 
 def test_music_avqa_synthetic(raw):
@@ -125,10 +134,13 @@ def test_llava_synthetic_and_placeholder_prepending(raw, tmp_path):
     kinds = Counter("image" if r.images else "video" if r.video else "audio" for r in items)
     assert set(kinds) == {"image", "video", "audio"}
     (tmp_path / "x.jsonl").write_text('{"id": 1, "image": "a.jpg", "conversations": [{"from": "human", "value": "Hi"},'
-                                      ' {"from": "gpt", "value": "A cat."}]}\n{broken\n{"id": 2, "conversations": []}\n')
+                                      ' {"from": "gpt", "value": "A cat."}]}\n{broken\n{"id": 2, "conversations": []}\n'
+                                      '{"id": 3, "image": 5, "conversations": [{"from": "human", "value": "Hi"}]}\n'
+                                      '{"id": 4, "video": ["a.mp4"], "conversations": [{"from": "human", "value": "Hi"}]}\n')
     items = list(llava.records(tmp_path, "x"))
     assert _records(items)[0].conversations[0]["value"] == "<image>\nHi"
-    assert sorted(s.reason for s in items if isinstance(s, Skip)) == ["malformed_entry", "malformed_json"]
+    assert sorted(s.reason for s in items if isinstance(s, Skip)) == ["malformed_entry"] * 3 + ["malformed_json"]
+    assert any("'image' must be a file path, got 5" in s.detail for s in items if isinstance(s, Skip))
 
 
 def test_audiocaps_synthetic(raw):

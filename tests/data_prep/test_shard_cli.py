@@ -53,7 +53,7 @@ def test_bad_raw_input_is_skipped_and_counted(raw, tmp_path):
 def test_nothing_valid_fails_with_a_summary(tmp_path, capsys):
     (tmp_path / "train.csv").write_text("audiocap_id,youtube_id,start_time,caption\n1,y,0,A dog barks.\n")
     assert shard.main(["--source", "audiocaps", "--root", str(tmp_path), "--split", "train",
-                       "--out", str(tmp_path / "o")]) == 1
+                       "--out", str(tmp_path / "o")]) == 2
     assert "no valid audiocaps/train samples" in capsys.readouterr().err
     assert not (tmp_path / "o" / "audiocaps-train.index.json").exists()
 
@@ -123,11 +123,11 @@ def test_llava_json_defaults_its_media_dir_to_its_folder(raw, tmp_path):
 def test_single_file_input_errors_name_the_flag(tmp_path, capsys):
     annotations, images = _llava_as_downloaded(tmp_path)
     assert shard.main(["--source", "audiocaps", "--json", str(annotations), "--split", "train",
-                       "--out", str(tmp_path / "o")]) == 1
+                       "--out", str(tmp_path / "o")]) == 2
     assert "--json: audiocaps reads its raw layout from --root; a single annotation file is for llava" in \
         capsys.readouterr().err
     assert shard.main(["--source", "llava", "--json", str(annotations), "--media-dir", str(tmp_path / "nowhere"),
-                       "--split", "train", "--out", str(tmp_path / "o")]) == 1
+                       "--split", "train", "--out", str(tmp_path / "o")]) == 2
     assert f"{tmp_path / 'nowhere'}: the media folder does not exist" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_:
         shard.main(["--source", "llava", "--root", str(tmp_path), "--media-dir", str(images), "--split", "train",
@@ -162,3 +162,34 @@ def test_audiocaps_clips_as_downloaders_name_them(tmp_path):
         "ytF_40{.wav,.flac}, ytF_40.0{.wav,.flac}, ytF_40.000{.wav,.flac}")
     names = _tar_names(tmp_path / "out" / index["shards"][0]["name"])
     assert sum(n.endswith(".wav") for n in names) == 4 and sum(n.endswith(".flac") for n in names) == 1
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--workers", "0"], "--workers must be at least 1, got 0"),
+    (["--maxcount", "0"], "--maxcount must be at least 1, got 0"),
+    (["--num-frames", "0", "--predecode"], "--num-frames must be at least 1, got 0"),
+    (["--out", "FILE"], "[Errno 17] File exists"),  # an OSError (here: --out is a file), not a traceback
+])
+def test_bad_flags_and_unwritable_out_are_one_line(raw, tmp_path, capsys, flags, message):
+    afile = tmp_path / "a-file"
+    afile.write_text("mine")
+    argv = ["--source", "audiocaps", "--root", str(raw["audiocaps"]), "--split", "train", "--out", str(tmp_path / "o")]
+    argv += [str(afile) if f == "FILE" else f for f in flags]
+    assert shard.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+    assert afile.read_text() == "mine"
+
+
+@pytest.mark.parametrize("module", ["data_prep.synthetic", "data_prep.synthetic_bench"])
+def test_synthetic_clis_bad_n_and_unwritable_out_are_one_line(tmp_path, capsys, module):
+    import importlib
+
+    main = importlib.import_module(module).main
+    assert main(["--out", str(tmp_path / "s"), "--n", "0"]) == 2
+    assert capsys.readouterr().err.startswith("error: --n must be at least")
+    afile = tmp_path / "a-file"
+    afile.write_text("mine")
+    assert main(["--out", str(afile), "--n", "4"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and str(afile) in err, err

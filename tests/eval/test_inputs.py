@@ -181,3 +181,36 @@ def test_read_only_out_fails_before_the_model_loads(capsys, checkpoint, bench_da
     out = small_disk(64, read_only=True) / "eval"
     err = error_line(capsys, ["--model", str(checkpoint), "--bench", "pope", *bench_data["pope"], "--out", str(out)])
     assert err == f"error: {out}: cannot create it (Read-only file system); write elsewhere"
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"anser": None}, "'anser' (the gold answer) is None; an answer string is needed"),
+    ({"anser": ""}, "'anser' (the gold answer) is ''"),
+    ({"anser": None, "drop": True}, "'anser' (the gold answer) is None"),
+])
+def test_music_avqa_question_without_a_gold_answer_is_one_line(tmp_path, capsys, checkpoint, change, message):
+    """Never scored against the answer "None": the question is named and nothing is loaded."""
+    entry = {"video_id": "v1", "question_id": 7, "type": '["Audio", "Counting"]', "question_content": "How many?",
+             "templ_values": "[]", "question_deleted": 0, "anser": "one"}
+    entry.update({k: v for k, v in change.items() if k != "drop"})
+    if change.get("drop"):
+        entry.pop("anser")
+    data = tmp_path / "avqa-test.json"
+    data.write_text(json.dumps([entry]))
+    err = error_line(capsys, ["--model", str(checkpoint), "--bench", "music_avqa", "--data", str(data)])
+    assert err.startswith(f"error: {data}: question_id 7: ") and message in err
+
+
+def test_pope_line_with_a_null_text_or_image_is_one_line(tmp_path, capsys, checkpoint):
+    data = tmp_path / "coco_pope_random.json"
+    data.write_text(json.dumps({"question_id": 1, "image": None, "text": "Is there a cat?", "label": "yes"}) + "\n")
+    err = error_line(capsys, ["--model", str(checkpoint), "--bench", "pope", "--data", str(data)])
+    assert err == f"error: {data}:1: text and image must be strings, got 'Is there a cat?' and None"
+
+
+def test_out_that_is_a_file_is_one_line(tmp_path, capsys, checkpoint, bench_data):
+    afile = tmp_path / "results.txt"
+    afile.write_text("mine")
+    err = error_line(capsys, ["--model", str(checkpoint), "--bench", "pope", *bench_data["pope"], "--out", str(afile)])
+    assert err == f"error: --out {afile} is a file; name a directory for the results"
+    assert afile.read_text() == "mine"

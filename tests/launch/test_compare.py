@@ -64,6 +64,9 @@ def test_grid_writes_both_rows_and_resumes_without_redoing_a_finished_cell(train
     (["--seeds", "0,0"], "--seeds: '0,0' must be a comma-separated list of distinct"),
     (["--stage1-run", "/nonexistent/stage1"], "--stage1-run: /nonexistent/stage1 is not a run directory"),
     (["seed=3"], "override 'seed=3': adapter.name, seed, stage1_run, output_dir, resume are set per cell"),
+    (["--nproc", "0"], "--nproc: must be at least 1, got 0"),
+    (["--batch-size", "0"], "--batch-size: must be at least 1, got 0"),
+    (["--max-new-tokens", "-1"], "--max-new-tokens: must be at least 1, got -1"),
 ])
 def test_bad_input_fails_in_one_line_before_training(train_data, bench_data, tmp_path, capsys, monkeypatch,
                                                       change, message):

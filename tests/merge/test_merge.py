@@ -166,7 +166,51 @@ def test_bad_run_dir_and_existing_out_are_one_line_errors(tmp_path, lora_run):
                           timeout=120)
     assert proc.returncode == 2 and "already exists; pass --force" in proc.stderr
     assert (existing / "keep.txt").read_text() == "mine"
-    assert merge_run(run, existing, force=True) == existing and not (existing / "keep.txt").exists()
+    with pytest.raises(MergeError, match="replaces only an earlier merge's output"):
+        merge_run(run, existing, force=True)
+    assert (existing / "keep.txt").read_text() == "mine"
+    shipped = merge_run(run, tmp_path / "shipped")
+    (shipped / "stale.txt").write_text("from an earlier merge")
+    assert merge_run(run, shipped, force=True) == shipped and not (shipped / "stale.txt").exists()
+
+
+def tree(root: Path) -> dict[str, tuple[int, int]]:
+    """(size, mtime_ns) of every file under root: what the user owns, to show it untouched."""
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_force_never_replaces_the_run_or_a_base_model(tmp_path, tiny_model_config, capsys):
+    """--out that is, lies inside or contains the run or a base model directory: one line, exit 2, nothing written
+    (through launch/merge.py's main on a real run; the first case also as a subprocess)."""
+    from launch.merge import main
+
+    runs = tmp_path / "runs"
+    run, _ = make_run(runs / "run", tiny_model_config("llama"), AdapterConfig(name="lora", rank=4, scope=["llm"]))
+    llm = Path(yaml_model(run)["llm"])
+    before = tree(runs) | tree(llm)
+    proc = subprocess.run(merge_cmd("--run", run, "--out", run, "--force"), env=cli_env(), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert f"--out {run} is --run" in proc.stderr
+    cases = [(run / "final", "lies inside --run"), (runs, "contains --run"), (llm, "is model.llm"),
+             (llm / "sub", "lies inside model.llm"), (llm.parent, "contains")]
+    for out, expected in cases:
+        assert main(["--run", str(run), "--out", str(out), "--force"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and expected in err, err
+    assert tree(runs) | tree(llm) == before
+    assert not list(runs.glob(".*")) and not (llm / "sub").exists()
+    afile = tmp_path / "a-file"
+    afile.write_text("mine")
+    assert main(["--run", str(run), "--out", str(afile / "merged")]) == 2  # an OSError: one line, not a traceback
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and str(afile) in err, err
+
+
+def yaml_model(run: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load((run / "config.yaml").read_text())["model"]
 
 
 def test_sigkill_midway_leaves_no_out_dir(tmp_path, lora_run):
@@ -191,7 +235,10 @@ def test_sigkill_midway_leaves_no_out_dir(tmp_path, lora_run):
         proc.kill()
     assert proc.returncode == -signal.SIGKILL
     assert not out.exists()
-    merge_run(run, out)
+    proc = subprocess.run(merge_cmd("--run", run, "--out", out), env=cli_env(), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert f"note: removed {tmp_path / '.out.partial'}, left by an interrupted merge" in proc.stderr
     assert (out / "merge.json").is_file() and not (tmp_path / ".out.partial").exists()
 
 

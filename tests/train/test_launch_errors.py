@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from safetensors.torch import save_file
-from transformers import CLIPVisionConfig, LlamaConfig, WhisperConfig
+from transformers import CLIPVisionConfig, LlamaConfig, SiglipVisionConfig, WhisperConfig
 
 from launch.train import main
 from tests.train.conftest import REPO, common_overrides
@@ -84,3 +84,118 @@ def test_estimate_memory_for_a_7b_recipe_from_configs_only(capsys, tmp_path):
     assert "ZeRO-3, 2 node(s) x 8 GPU(s)" in out and "per GPU" in out
     per_gpu = float(out.split("frozen backbone (fp32): about ")[1].split(" GB")[0])
     assert 1.85 < per_gpu < 1.95  # (4 B x 7.68B + 20 B x ~87M trainable) / 16 GPUs = 1.89 GiB
+
+
+BAD_VALUES = [
+    ("optim.lr=0", "optim.lr: must be > 0, got 0.0"),
+    ("optim.lr=-1e-4", "optim.lr: must be > 0, got -0.0001"),
+    ("optim.eps=0", "optim.eps: must be > 0, got 0.0"),
+    ("optim.betas=[0.9, 1.0]", "optim.betas: two numbers in [0, 1), got [0.9, 1.0]"),
+    ("optim.betas=[-0.1, 0.999]", "optim.betas: two numbers in [0, 1)"),
+    ("optim.betas=[0.9]", "optim.betas: two numbers in [0, 1), got [0.9]"),
+    ("optim.warmup_ratio=1.5", "optim.warmup_ratio: must be in [0, 1], got 1.5"),
+    ("optim.warmup_ratio=-0.1", "optim.warmup_ratio: must be in [0, 1], got -0.1"),
+    ("optim.grad_clip=-1", "optim.grad_clip: must be >= 0, got -1.0"),
+    ("optim.weight_decay=-0.01", "optim.weight_decay: must be >= 0, got -0.01"),
+    ("optim.gradient_accumulation_steps=0", "optim.gradient_accumulation_steps: must be >= 1, got 0"),
+    ("train.log_every=0", "train.log_every: must be >= 1, got 0"),
+    ("train.save_every=-1", "train.save_every: must be >= 0, got -1"),
+    ("train.keep_last=-1", "train.keep_last: must be >= 0, got -1"),
+    ("train.epochs=0", "train.epochs: must be >= 1, got 0"),
+    ("train.max_bad_steps=0", "train.max_bad_steps: must be >= 1, got 0"),
+    ("train.dominance_every=-2", "train.dominance_every: must be >= 0, got -2"),
+    ("train.existing_run=overwrite", "train.existing_run: 'overwrite' is not one of refuse, move"),
+    ("train.device=tpu", "train.device: 'tpu' is not one of auto, cuda, cpu"),
+    ("max_steps=-1", "max_steps: must be >= 0"),
+    ("data.num_workers=-1", "'data.num_workers' must be >= 0, got -1"),
+    ("data.micro_batch_size=0", "'data.micro_batch_size' must be >= 1, got 0"),
+    ("output_dir=", "output_dir: empty; name the run directory to write"),
+    ("output_dir=' '", "output_dir: empty"),
+]
+
+
+@pytest.mark.parametrize("override, expected", BAD_VALUES, ids=[b[0] for b in BAD_VALUES])
+def test_a_bad_value_is_one_line_before_any_process_group(capsys, train_data, tmp_path, override, expected):
+    fails_with(capsys, ["--config", STAGE1, *common_overrides(train_data, tmp_path / "run"), override], expected)
+
+
+def test_an_output_dir_that_is_a_file_or_lies_under_one(capsys, train_data, tmp_path):
+    afile = tmp_path / "notes.txt"
+    afile.write_text("mine")
+    args = common_overrides(train_data, tmp_path / "run")
+    fails_with(capsys, ["--config", STAGE1, *args, f"output_dir={afile}"],
+               f"output_dir: {afile} is a file, not a directory; pick another output_dir")
+    fails_with(capsys, ["--config", STAGE1, *args, f"output_dir={afile / 'run'}"],
+               f"output_dir: {afile / 'run'} cannot be created, {afile} is a file")
+    assert afile.read_text() == "mine"
+
+
+def test_overrides_on_both_sides_of_deepspeed(capsys, train_data, tmp_path):
+    """`--deepspeed X` may stand between overrides: those after it count too (the bad one after it is reported)."""
+    args = common_overrides(train_data, tmp_path / "run")
+    ds = str(REPO / "configs/ds/zero2.json")
+    fails_with(capsys, ["--config", STAGE1, *args[:3], "--deepspeed", ds, *args[3:], "optim.lr=0"],
+               "optim.lr: must be > 0")
+    fails_with(capsys, ["--config", STAGE1, "optim.lr=0", "--deepspeed", ds, *args], "optim.lr: must be > 0")
+
+
+@pytest.fixture
+def fake_stage1(tmp_path):
+    """A directory that passes the stage-1 check (projector tensors in final/): these tests never get further."""
+    final = tmp_path / "stage1" / "final"
+    final.mkdir(parents=True)
+    save_file({"projectors.vision.0.weight": torch.zeros(2)}, str(final / "trainables.safetensors"))
+    (final / "adapter.json").write_text(json.dumps({"adapter": None, "layers": []}))
+    return tmp_path / "stage1"
+
+
+MODEL_ERRORS = [
+    (["adapter.targets=[qq_proj]"], "adapter.targets: no linear layer matches ['qq_proj'] (scope ['llm'])"),
+    (["adapter.name=mora", "adapter.scope=[llm, vision, audio]", "adapter.targets=[q_proj, k_proj]"],  # GQA
+     "adapter.targets: mora adapts square layers only (in == out, e.g. q_proj/o_proj); "
+     "'llm.model.layers.0.self_attn.k_proj' is 64 -> 32"),
+    (["adapter.name=mora", "adapter.scope=[llm, vision]", "adapter.targets=[o_proj]"],
+     "adapter.targets: mora finds no square target layer in tower 'vision'"),  # CLIP's is out_proj
+    (["model.vision_pool=3"], "model.vision_pool=3 must divide the 4x4 patch grid of"),
+]
+
+
+@pytest.mark.parametrize("extra, expected", MODEL_ERRORS, ids=["no-match", "mora-non-square", "mora-empty-tower",
+                                                               "vision-pool"])
+def test_adapter_and_model_errors_are_found_before_ranks_start(capsys, train_data, tmp_path, fake_stage1, extra,
+                                                                expected):
+    """Found on the meta-device skeleton of the composed model (no weight loaded), not inside the ranks."""
+    args = common_overrides(train_data, tmp_path / "run", stage1_run=fake_stage1)
+    fails_with(capsys, ["--config", STAGE2, *args, *extra], expected)
+
+
+def test_vision_pool_against_siglip_so400m_384_grid(capsys, train_data, tmp_path, fake_stage1):
+    """SigLIP so400m-patch14-384 has a 27x27 grid: pool 2 is refused, naming the divisors; only its config is read."""
+    SiglipVisionConfig(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
+                       image_size=384, patch_size=14).save_pretrained(tmp_path / "siglip")
+    args = common_overrides(train_data, tmp_path / "run", stage1_run=fake_stage1, **{"model.vision": tmp_path / "siglip"})
+    fails_with(capsys, ["--config", STAGE2, *args, "model.vision_pool=2"],
+               f"model.vision_pool=2 must divide the 27x27 patch grid of {tmp_path / 'siglip'} (its divisors: 1, 3, 9, "
+               "27)")
+
+
+def test_mora_defaults_fit_it(train_data, tmp_path, fake_stage1):
+    """`adapter.name=mora` with its towers and no targets: the square attention projections of every tower (the
+    tiny Llama's k/v are 64 -> 32 under grouped-query attention and are left out), checked on the skeleton."""
+    from pipeline.adapters import adapter_layers, attach
+    from pipeline.config import load_config
+    from pipeline.model.avllm import AVLLM
+    from pipeline.train.config import RunConfig
+    from pipeline.train.stages import check_model
+
+    args = common_overrides(train_data, tmp_path / "run", stage1_run=fake_stage1)
+    cfg = load_config(RunConfig, STAGE2, [*args, "adapter.name=mora", "adapter.scope=[llm, vision, audio]"])
+    check_model(cfg)
+    model = AVLLM.skeleton(cfg.model)
+    attach(model, cfg.adapter)
+    leaves = {}
+    for name, layer in adapter_layers(model).items():
+        assert layer.in_features == layer.out_features, name
+        leaves.setdefault(name.split(".")[0], set()).add(name.rsplit(".", 1)[1])
+    assert leaves == {"llm": {"q_proj", "o_proj"}, "vision": {"q_proj", "k_proj", "v_proj", "out_proj"},
+                      "audio": {"q_proj", "k_proj", "v_proj", "out_proj"}}
