@@ -28,8 +28,9 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from pipeline.config import from_dict, to_dict
 from pipeline.modality import Modality, ModalityContext, modality_ids
-from pipeline.model.config import ModelConfig
+from pipeline.model.config import CHECKPOINT_KEYS, ModelConfig
 from pipeline.model.encoders import load_tower
+from pipeline.model.hub import local_dir
 from pipeline.model.processor import PLACEHOLDERS, AVProcessor
 from pipeline.model.projectors import build_projector, tokens_out
 
@@ -40,7 +41,7 @@ KEPT_ADAPTER_DIR = "adapter"  # written and read by pipeline.adapters.io
 
 def load_tokenizer(cfg: ModelConfig):
     """The LLM's tokenizer with the media placeholders added as special tokens, a pad token and a chat template."""
-    path = cfg.tokenizer or cfg.llm
+    path = local_dir(cfg.tokenizer or cfg.llm)
     tokenizer = AutoTokenizer.from_pretrained(path)
     if cfg.chat_template is not None:
         tokenizer.chat_template = cfg.chat_template
@@ -65,12 +66,14 @@ class AVLLM(nn.Module):
         self.llm = (
             llm
             if llm is not None
-            else AutoModelForCausalLM.from_pretrained(cfg.llm, dtype=dtype, attn_implementation=cfg.attn_implementation)
+            else AutoModelForCausalLM.from_pretrained(
+                local_dir(cfg.llm), dtype=dtype, attn_implementation=cfg.attn_implementation
+            )
         )
         self._add_token_rows(len(self.tokenizer))
         width = self.llm.config.get_text_config().hidden_size
-        self.vision = load_tower("vision", cfg.vision, cfg) if cfg.vision else None
-        self.audio = load_tower("audio", cfg.audio, cfg) if cfg.audio else None
+        self.vision = load_tower("vision", local_dir(cfg.vision), cfg) if cfg.vision else None
+        self.audio = load_tower("audio", local_dir(cfg.audio), cfg) if cfg.audio else None
         self.projectors = nn.ModuleDict()
         for name, tower, kind in (
             ("vision", self.vision, cfg.vision_projector),
@@ -116,10 +119,10 @@ class AVLLM(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, base_only: bool = False, **overrides) -> AVLLM:
-        """Load a directory written by `save_pretrained` (e.g. a merged checkpoint). A checkpoint that carries an
-        unmerged adapter is refused unless `base_only` (its base model is wanted): load it with
+        """Load a directory written by `save_pretrained` (e.g. a merged checkpoint), or a Hub id of one. A checkpoint
+        that carries an unmerged adapter is refused unless `base_only` (its base model is wanted): load it with
         `pipeline.adapters.io.load_model`."""
-        path = Path(path)
+        path = local_dir(path)
         if not (path / CONFIG_FILE).is_file():
             raise FileNotFoundError(f"{path}: not an AVLLM checkpoint (no {CONFIG_FILE})")
         if (path / KEPT_ADAPTER_DIR).is_dir() and not base_only:
@@ -128,7 +131,7 @@ class AVLLM(nn.Module):
                 "pipeline.adapters.io.load_model"
             )
         data = json.loads((path / CONFIG_FILE).read_text())
-        for key in ("llm", "vision", "audio", "tokenizer"):
+        for key in CHECKPOINT_KEYS:
             if data.get(key):
                 data[key] = str(path / data[key])
         data.update(overrides)
@@ -144,13 +147,13 @@ class AVLLM(nn.Module):
         if llm_weights:
             self.llm.save_pretrained(path / "llm", max_shard_size=max_shard_size)
         self.tokenizer.save_pretrained(path / "llm")
-        cfg = dataclasses.replace(self.config, llm=Path("llm"), tokenizer=None, chat_template=None)
+        cfg = dataclasses.replace(self.config, llm="llm", tokenizer=None, chat_template=None)
         if self.vision is not None:
             self.vision.save_pretrained(path / "vision", max_shard_size)
-            cfg.vision = Path("vision")
+            cfg.vision = "vision"
         if self.audio is not None:
             self.audio.save_pretrained(path / "audio", max_shard_size)
-            cfg.audio = Path("audio")
+            cfg.audio = "audio"
         save_file({k: v.contiguous() for k, v in self.projectors.state_dict().items()}, path / PROJECTORS_FILE)
         (path / CONFIG_FILE).write_text(json.dumps(to_dict(cfg), indent=2))
 
