@@ -32,13 +32,13 @@ from pathlib import Path
 import torch
 import yaml
 from safetensors.torch import load_file
-from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, PreTrainedModel
+from transformers import AutoConfig, GenerationConfig, PreTrainedModel
 
 from pipeline.adapters import AdapterLinear, adapter_layers, merge, prepare_merge
 from pipeline.adapters.config import AdapterConfig
 from pipeline.adapters.io import write_adapter
 from pipeline.config import from_dict, to_dict
-from pipeline.model.avllm import AVLLM, KEPT_ADAPTER_DIR
+from pipeline.model.avllm import AVLLM, KEPT_ADAPTER_DIR, empty_llm
 from pipeline.model.config import CHECKPOINT_KEYS, DTYPES, ModelConfig
 from pipeline.model.hub import local_dir
 from pipeline.model.shards import ShardReader, ShardWriter, file_sha256
@@ -103,17 +103,12 @@ def check_mergeable(source: Source, keep_adapters: bool) -> None:
 # ---- the LLM, streamed ----------------------------------------------------------------------------------------
 
 
-def _meta_llm(config) -> PreTrainedModel:
-    with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-
-
 def _target_llm(config, vocab: int, bias_modules: set[str]) -> PreTrainedModel:
     """Meta-device LLM of the output: the base architecture with the grown vocabulary, and with the bias flags
     switched on that the merged biases of `bias_modules` need."""
 
     def build(cfg) -> PreTrainedModel:
-        model = _meta_llm(cfg)
+        model = empty_llm(cfg)
         model.resize_token_embeddings(vocab, mean_resizing=False)
         return model
 
@@ -246,7 +241,7 @@ def write_checkpoint(source: Source, out: Path, dtype_name: str, keep_adapters: 
     dtype = DTYPES[dtype_name]
     merging = source.adapter is not None and not keep_adapters
     compute = dataclasses.replace(source.model, dtype="fp32")
-    model = AVLLM(compute, llm=_meta_llm(AutoConfig.from_pretrained(local_dir(source.model.llm))))
+    model = AVLLM(compute, llm=empty_llm(AutoConfig.from_pretrained(local_dir(source.model.llm))))
     trained = _load_small_parts(model, source, merging)
     if merging:
         prepare_merge(model, trained, torch.float32)

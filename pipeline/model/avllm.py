@@ -16,14 +16,16 @@ Saved layout (`save_pretrained`), readable by `from_pretrained` and, for `llm/`,
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from pathlib import Path
 
 import torch
+from accelerate import init_empty_weights
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from pipeline.config import from_dict, to_dict
@@ -55,34 +57,43 @@ def load_tokenizer(cfg: ModelConfig):
     return tokenizer
 
 
+def empty_llm(config: PretrainedConfig) -> PreTrainedModel:
+    """The causal LM of `config` with its weights on the meta device: shapes and names, no memory."""
+    with init_empty_weights():
+        return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+
+
 class AVLLM(nn.Module):
-    def __init__(self, cfg: ModelConfig, llm: PreTrainedModel | None = None) -> None:
-        """Compose from the paths in `cfg`; `llm` replaces loading `cfg.llm` (the merge passes a meta-device
-        skeleton so that a 7B LLM is never materialised: it streams the LLM's weights itself)."""
+    def __init__(self, cfg: ModelConfig, llm: PreTrainedModel | None = None, weights: bool = True) -> None:
+        """Compose from the checkpoints in `cfg`; `llm` replaces loading `cfg.llm` (the merge passes a meta-device
+        skeleton so that a 7B LLM is never materialised: it streams the LLM's weights itself). `weights=False` builds
+        the whole model on the meta device from the configs and the tokenizer alone (planning memory)."""
         super().__init__()
         self.config = cfg
         dtype = cfg.torch_dtype
         self.tokenizer = load_tokenizer(cfg)
-        self.llm = (
-            llm
-            if llm is not None
-            else AutoModelForCausalLM.from_pretrained(
-                local_dir(cfg.llm), dtype=dtype, attn_implementation=cfg.attn_implementation
+        if llm is None:
+            llm_dir = local_dir(cfg.llm)
+            llm = (
+                AutoModelForCausalLM.from_pretrained(llm_dir, dtype=dtype, attn_implementation=cfg.attn_implementation)
+                if weights
+                else empty_llm(AutoConfig.from_pretrained(llm_dir)).to(dtype)
             )
-        )
+        self.llm = llm
         self._add_token_rows(len(self.tokenizer))
         width = self.llm.config.get_text_config().hidden_size
-        self.vision = load_tower("vision", local_dir(cfg.vision), cfg) if cfg.vision else None
-        self.audio = load_tower("audio", local_dir(cfg.audio), cfg) if cfg.audio else None
+        self.vision = load_tower("vision", local_dir(cfg.vision), cfg, weights) if cfg.vision else None
+        self.audio = load_tower("audio", local_dir(cfg.audio), cfg, weights) if cfg.audio else None
         self.projectors = nn.ModuleDict()
-        for name, tower, kind in (
-            ("vision", self.vision, cfg.vision_projector),
-            ("audio", self.audio, cfg.audio_projector),
-        ):
-            if tower is not None:
-                self.projectors[name] = build_projector(
-                    kind, tower.hidden_size, width, cfg.qformer_queries, cfg.qformer_layers
-                ).to(dtype)
+        with init_empty_weights(include_buffers=True) if not weights else contextlib.nullcontext():
+            for name, tower, kind in (
+                ("vision", self.vision, cfg.vision_projector),
+                ("audio", self.audio, cfg.audio_projector),
+            ):
+                if tower is not None:
+                    self.projectors[name] = build_projector(
+                        kind, tower.hidden_size, width, cfg.qformer_queries, cfg.qformer_layers
+                    ).to(dtype)
         for module in (self.llm, self.vision, self.audio):
             if module is not None:
                 module.requires_grad_(False)

@@ -5,10 +5,13 @@ of one image or video frame), an audio tower `features [N, ...] -> [N, T, D]` (t
 window). Each tower knows how many tokens it yields per item, its input sample rate, a dummy input, and builds its own
 preprocessor, so the model and the batch builder never special-case an architecture. A new encoder is one class
 registered for its checkpoint's `model_type` with `@tower(...)`; `load_tower` picks it from the checkpoint's config.
+With `weights=False` a tower is built from its config on the meta device (shapes only, nothing read but configs), for
+planning memory.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -16,9 +19,11 @@ from typing import Any, Literal, Protocol
 
 import torch
 import torch.nn.functional as F
+from accelerate import init_empty_weights
+from huggingface_hub import save_torch_state_dict
 from safetensors import safe_open
 from torch import nn
-from transformers import AutoConfig, AutoImageProcessor, CLIPVisionModel, SiglipVisionModel
+from transformers import AutoConfig, AutoImageProcessor, CLIPVisionModel, PreTrainedModel, SiglipVisionModel
 
 from pipeline.media import SAMPLE_RATE
 from pipeline.model.config import ModelConfig
@@ -43,7 +48,7 @@ class Tower(Protocol):
     def __call__(self, values: torch.Tensor) -> torch.Tensor: ...
 
 
-TOWERS: dict[Kind, dict[str, Callable[[Path, ModelConfig], Tower]]] = {"vision": {}, "audio": {}}
+TOWERS: dict[Kind, dict[str, Callable[[Path, ModelConfig, bool], Tower]]] = {"vision": {}, "audio": {}}
 
 
 def tower(kind: Kind, *model_types: str):
@@ -57,8 +62,9 @@ def tower(kind: Kind, *model_types: str):
     return register
 
 
-def load_tower(kind: Kind, path: Path, cfg: ModelConfig) -> Tower:
-    """The registered tower for the checkpoint at `path` (by its `model_type`), built with the model settings."""
+def load_tower(kind: Kind, path: Path, cfg: ModelConfig, weights: bool = True) -> Tower:
+    """The registered tower for the checkpoint at `path` (by its `model_type`), built with the model settings;
+    `weights=False`: on the meta device, from the config alone."""
     model_type = AutoConfig.from_pretrained(path).model_type
     cls = TOWERS[kind].get(model_type)
     if cls is None:
@@ -66,7 +72,15 @@ def load_tower(kind: Kind, path: Path, cfg: ModelConfig) -> Tower:
             f"{path}: {kind} encoder type '{model_type}' is not supported "
             f"(supported: {', '.join(sorted(TOWERS[kind]))})"
         )
-    return cls(path, cfg)
+    return cls(path, cfg, weights)
+
+
+def pretrained(cls: type[PreTrainedModel], path: Path, dtype: torch.dtype, weights: bool) -> PreTrainedModel:
+    """`cls.from_pretrained(path)`, or with `weights=False` the same model built from its config on the meta device."""
+    if weights:
+        return cls.from_pretrained(path, dtype=dtype)
+    with init_empty_weights():
+        return cls(cls.config_class.from_pretrained(path)).to(dtype)
 
 
 def load_safetensors_prefix(path: Path, prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
@@ -116,11 +130,11 @@ class VisionTower(_SavedTower):
 
     sample_rate = SAMPLE_RATE
 
-    def __init__(self, path: Path, cfg: ModelConfig):
+    def __init__(self, path: Path, cfg: ModelConfig, weights: bool = True):
         super().__init__()
         model_type = AutoConfig.from_pretrained(path).model_type
         cls = SiglipVisionModel if model_type.startswith("siglip") else CLIPVisionModel
-        self.encoder = cls.from_pretrained(path, dtype=cfg.torch_dtype)
+        self.encoder = pretrained(cls, path, cfg.torch_dtype, weights)
         self.path = Path(path)
         self.feature_layer = cfg.vision_feature_layer
         pool = self.pool = cfg.vision_pool
@@ -157,10 +171,12 @@ class WhisperAudioTower(_SavedTower):
 
     Whisper is trained on 30 s inputs; for shorter windows (MokA uses 1-2 s) the positional table is cut to the
     window's length (the first positions, as whisper.cpp's `audio_ctx` does), so a window costs its own length
-    rather than 30 s of padding.
+    rather than 30 s of padding. The rows cut off are kept aside (a buffer outside the state dict, never trained) and
+    `save_pretrained` writes the encoder with its whole table and the checkpoint's own configuration and feature
+    extractor, so a saved (merged) encoder loads with any window, as its base does.
     """
 
-    def __init__(self, path: Path, cfg: ModelConfig):
+    def __init__(self, path: Path, cfg: ModelConfig, weights: bool = True):
         super().__init__()
         from transformers import WhisperFeatureExtractor
         from transformers.models.whisper.modeling_whisper import WhisperEncoder
@@ -175,13 +191,22 @@ class WhisperAudioTower(_SavedTower):
                 f"model.audio_window_seconds={window_seconds} gives {frames} mel frames; it must be even "
                 f"and at most {2 * config.max_source_positions} for {path}"
             )
-        state = load_safetensors_prefix(self.path, ("model.encoder.", "encoder.", ""))
         positions = frames // 2
-        state["embed_positions.weight"] = state["embed_positions.weight"][:positions]
+        self.source_config = copy.deepcopy(config)
         config.max_source_positions = positions
-        self.encoder = WhisperEncoder(config)
-        self.encoder.load_state_dict(state, strict=True)
+        if weights:
+            state = load_safetensors_prefix(self.path, ("model.encoder.", "encoder.", ""))
+            table = state["embed_positions.weight"]
+            state["embed_positions.weight"] = table[:positions]
+            self.encoder = WhisperEncoder(config)
+            self.encoder.load_state_dict(state, strict=True)
+            spare = table[positions:]
+        else:
+            with init_empty_weights():
+                self.encoder = WhisperEncoder(config)
+            spare = torch.empty(self.source_config.max_source_positions - positions, config.d_model, device="meta")
         self.encoder.to(dtype)
+        self.register_buffer("spare_positions", spare.to(dtype), persistent=False)
         self.window_seconds = window_seconds
         self.sample_rate = fe.sampling_rate
         self.pool = pool
@@ -198,6 +223,21 @@ class WhisperAudioTower(_SavedTower):
         fe.n_samples = int(round(self.window_seconds * fe.sampling_rate))
         fe.nb_max_frames = fe.n_samples // fe.hop_length
         return fe
+
+    def save_pretrained(self, path: Path, max_shard_size: str) -> None:
+        """The encoder as its checkpoint has it: the whole positional table, the source config and feature extractor
+        (the window is a setting of the model that loads it, `model.audio_window_seconds`)."""
+        from transformers import WhisperFeatureExtractor
+
+        state = {k: v.contiguous() for k, v in self.encoder.state_dict().items()}
+        table = state["embed_positions.weight"]
+        state["embed_positions.weight"] = torch.cat([table, self.spare_positions.to(table.device, table.dtype)])
+        config = copy.deepcopy(self.source_config)
+        config.dtype = table.dtype
+        path.mkdir(parents=True, exist_ok=True)
+        config.save_pretrained(path)
+        save_torch_state_dict(state, path, max_shard_size=max_shard_size)
+        WhisperFeatureExtractor.from_pretrained(self.path).save_pretrained(path)
 
     def dummy_input(self) -> torch.Tensor:
         config = self.encoder.config
@@ -218,13 +258,13 @@ class ASTAudioTower(_SavedTower):
     `model.audio_window_seconds` must be max_length / 100. Its two leading [CLS]/distillation tokens are dropped.
     """
 
-    def __init__(self, path: Path, cfg: ModelConfig):
+    def __init__(self, path: Path, cfg: ModelConfig, weights: bool = True):
         super().__init__()
         from transformers import ASTFeatureExtractor, ASTModel
 
         window_seconds, pool = cfg.audio_window_seconds, cfg.audio_pool
         self.path = Path(path)
-        self.encoder = ASTModel.from_pretrained(path, dtype=cfg.torch_dtype)
+        self.encoder = pretrained(ASTModel, path, cfg.torch_dtype, weights)
         self.sample_rate = ASTFeatureExtractor.from_pretrained(path).sampling_rate
         config = self.encoder.config
         if round(window_seconds * 100) != config.max_length:
