@@ -40,7 +40,6 @@ from pipeline.adapters.io import write_adapter
 from pipeline.config import from_dict, to_dict
 from pipeline.model.avllm import AVLLM, KEPT_ADAPTER_DIR, empty_llm
 from pipeline.model.config import CHECKPOINT_KEYS, DTYPES, ModelConfig
-from pipeline.model.hub import local_dir
 from pipeline.model.shards import ShardReader, ShardWriter, file_sha256
 from pipeline.rundir import MERGE_MANIFEST, TRAINABLES, RunDir, export_has, load_trainables, read_export
 
@@ -176,7 +175,7 @@ def write_llm(
     shard_bytes: int,
 ) -> None:
     """Stream the base LLM into `out` (config, generation config, shards), folding the adapters when merging."""
-    llm_dir = local_dir(cfg.llm)
+    llm_dir = cfg.llm_dir
     base = ShardReader(llm_dir)
     run_dtype = cfg.torch_dtype
     layers = adapter_layers(model.llm) if merging else {}
@@ -241,7 +240,7 @@ def write_checkpoint(source: Source, out: Path, dtype_name: str, keep_adapters: 
     dtype = DTYPES[dtype_name]
     merging = source.adapter is not None and not keep_adapters
     compute = dataclasses.replace(source.model, dtype="fp32")
-    model = AVLLM(compute, llm=empty_llm(AutoConfig.from_pretrained(local_dir(source.model.llm))))
+    model = AVLLM(compute, llm=empty_llm(AutoConfig.from_pretrained(source.model.llm_dir)))
     trained = _load_small_parts(model, source, merging)
     if merging:
         prepare_merge(model, trained, torch.float32)

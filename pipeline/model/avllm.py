@@ -43,7 +43,7 @@ KEPT_ADAPTER_DIR = "adapter"  # written and read by pipeline.adapters.io
 
 def load_tokenizer(cfg: ModelConfig):
     """The LLM's tokenizer with the media placeholders added as special tokens, a pad token and a chat template."""
-    path = local_dir(cfg.tokenizer or cfg.llm)
+    path = local_dir(cfg.tokenizer) if cfg.tokenizer else cfg.llm_dir
     tokenizer = AutoTokenizer.from_pretrained(path)
     if cfg.chat_template is not None:
         tokenizer.chat_template = cfg.chat_template
@@ -73,11 +73,12 @@ class AVLLM(nn.Module):
         dtype = cfg.torch_dtype
         self.tokenizer = load_tokenizer(cfg)
         if llm is None:
-            llm_dir = local_dir(cfg.llm)
             llm = (
-                AutoModelForCausalLM.from_pretrained(llm_dir, dtype=dtype, attn_implementation=cfg.attn_implementation)
+                AutoModelForCausalLM.from_pretrained(
+                    cfg.llm_dir, dtype=dtype, attn_implementation=cfg.attn_implementation
+                )
                 if weights
-                else empty_llm(AutoConfig.from_pretrained(llm_dir)).to(dtype)
+                else empty_llm(AutoConfig.from_pretrained(cfg.llm_dir)).to(dtype)
             )
         self.llm = llm
         self._add_token_rows(len(self.tokenizer))

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from pipeline.model.hub import pin
+from pipeline.model.hub import local_dir, pin
 from pipeline.model.projectors import PROJECTORS
 
+LLM_REQUIRED = "model.llm: required (a transformers causal LM: a local directory or a Hub id org/name)"
 CHECKPOINT_KEYS = ("llm", "vision", "audio", "tokenizer")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -38,7 +40,7 @@ class ModelConfig:
 
     def validate(self) -> None:
         if self.llm is None:
-            raise ValueError("model.llm: required (a transformers causal LM: a local directory or a Hub id org/name)")
+            raise ValueError(LLM_REQUIRED)
         if self.dtype not in DTYPES:
             raise ValueError(f"model.dtype: '{self.dtype}' is not one of {', '.join(DTYPES)}")
         for key in ("vision_projector", "audio_projector"):
@@ -51,6 +53,13 @@ class ModelConfig:
             raise ValueError(f"model.audio_window_seconds: must be positive, got {self.audio_window_seconds}")
         for key in CHECKPOINT_KEYS:  # last: it may read the Hub's cache or download
             setattr(self, key, pin(getattr(self, key), f"model.{key}"))
+
+    @property
+    def llm_dir(self) -> Path:
+        """The directory holding the LLM's files (a pinned Hub id resolves from the cache)."""
+        if self.llm is None:
+            raise ValueError(LLM_REQUIRED)
+        return local_dir(self.llm)
 
     @property
     def torch_dtype(self) -> torch.dtype:

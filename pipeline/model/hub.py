@@ -63,14 +63,14 @@ def _snapshot(ref: str, key: str) -> Snapshot:
     repo, revision = match["repo"], match["revision"]
     where = f"'{key}': {ref} is neither a local directory nor in the Hugging Face cache ({constants.HF_HUB_CACHE})"
     try:  # the cache first: a cached snapshot never costs a network call
-        path = snapshot_download(repo, revision=revision, local_files_only=True)
+        folder = snapshot_download(repo, revision=revision, local_files_only=True)
     except LocalEntryNotFoundError:
         if constants.HF_HUB_OFFLINE:
             raise ModelRefError(
                 f"{where} and HF_HUB_OFFLINE=1 forbids downloading it; fetch it with: {fetch_command(ref)}"
             ) from None
         try:
-            path = snapshot_download(repo, revision=revision)
+            folder = snapshot_download(repo, revision=revision)
         except (OSError, ValueError) as exc:  # not found, gated, no network, an id the Hub rejects
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelRefError(
@@ -78,7 +78,7 @@ def _snapshot(ref: str, key: str) -> Snapshot:
             ) from None
     except ValueError as exc:  # an id the Hub's naming rules reject
         raise ModelRefError(f"'{key}': {ref} is not a local directory nor a valid Hub id ({exc})") from None
-    path = Path(path)
+    path = Path(folder)
     return Snapshot(path, f"{repo}@{path.name}")  # a snapshot folder is named by its commit hash
 
 
