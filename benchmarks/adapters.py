@@ -26,7 +26,6 @@ import argparse
 import copy
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -36,11 +35,10 @@ from peft import LoraConfig, get_peft_model
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.adapters import AdapterConfig, attach  # noqa: E402
-from pipeline.adapters.config import DEFAULT_TARGETS  # noqa: E402
-from pipeline.modality import Modality, ModalityContext  # noqa: E402
+from pipeline.adapters import AdapterConfig, attach
+from pipeline.adapters.config import DEFAULT_TARGETS
+from pipeline.modality import Modality, ModalityContext
 
 
 CORE = ("lora", "dora", "imod")

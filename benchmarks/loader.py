@@ -14,17 +14,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data_prep.shard import index_path, write_shards  # noqa: E402
-from data_prep.synthetic import generate  # noqa: E402
-from pipeline.data.config import DataConfig, SourceConfig  # noqa: E402
-from pipeline.data.loader import ShardLoader  # noqa: E402
+from data_prep.shard import index_path, write_shards
+from data_prep.synthetic import generate
+from pipeline.data.config import DataConfig, SourceConfig
+from pipeline.data.loader import ShardLoader
 
 
 def count(samples: list) -> dict:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -25,17 +26,15 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from pipeline.adapters import AdapterConfig, attach, mark_trainable  # noqa: E402
-from pipeline.config import load_config, save_config  # noqa: E402
-from pipeline.model.avllm import AVLLM  # noqa: E402
-from pipeline.model.config import ModelConfig  # noqa: E402
-from pipeline.model.processor import AVSample  # noqa: E402
-from pipeline.testing.tiny import write_tiny  # noqa: E402
-from pipeline.rundir import load_trainables, write_trainables  # noqa: E402
-from pipeline.train.config import RunConfig  # noqa: E402
+from pipeline.adapters import AdapterConfig, attach, mark_trainable
+from pipeline.config import load_config, save_config
+from pipeline.model.avllm import AVLLM
+from pipeline.model.config import ModelConfig
+from pipeline.model.processor import AVSample
+from pipeline.testing.tiny import write_tiny
+from pipeline.rundir import load_trainables, write_trainables
+from pipeline.train.config import RunConfig
 
 @dataclasses.dataclass
 class ModelOnly:
@@ -84,12 +83,13 @@ def make_run(model_cfg, run: Path) -> None:
 def timed_merge(run: Path, out: Path) -> tuple[float, float]:
     """(seconds, peak RSS MB) of `launch/merge.py` in a fresh child process (imports excluded from the seconds)."""
     # VmHWM, not ru_maxrss: Linux carries the forking parent's peak into the child's ru_maxrss across exec
-    code = ("import re, sys, time; sys.path.insert(0, sys.argv[3]); from pipeline.merge import merge_run; "
+    code = ("import re, sys, time; from pipeline.merge import merge_run; "
             "t = time.perf_counter(); merge_run(sys.argv[1], sys.argv[2]); s = time.perf_counter() - t; "
             "hwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1); "
             "print(s, int(hwm) / 1024)")
-    proc = subprocess.run([sys.executable, "-c", code, str(run), str(out), str(REPO)], capture_output=True,
+    proc = subprocess.run([sys.executable, "-c", code, str(run), str(out)], capture_output=True,
                           text=True, check=True, env={"OMP_NUM_THREADS": "2", "TOKENIZERS_PARALLELISM": "false",
+                                                      **{k: v for k, v in os.environ.items() if k == "PYTHONPATH"},
                                                       "PATH": "/usr/bin:/bin"})
     seconds, rss = proc.stdout.split()[-2:]
     return float(seconds), float(rss)

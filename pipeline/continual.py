@@ -39,6 +39,7 @@ from pipeline.adapters.io import load_model
 from pipeline.config import save_config
 from pipeline.data.plan import resolve_all
 from pipeline.eval import BENCHMARKS
+from pipeline.eval.bench import check_media
 from pipeline.eval.generate import generate
 from pipeline.eval.report import prediction_lines, score_conditions, write
 from pipeline.merge import merge_run
@@ -78,8 +79,10 @@ def check_tasks(cfg: RunConfig) -> None:
                 f"continual task '{task.name}': eval.bench '{task.eval.bench}' is not one of "
                 f"{', '.join(ACCURACY_BENCHMARKS)} (the matrix averages accuracies; MME scores points)"
             )
-        if not load_items(task):
+        items = load_items(task)
+        if not items:
             raise ValueError(f"continual task '{task.name}': {task.eval.data} holds no {task.eval.bench} questions")
+        check_media(items, task.eval.bench)
 
 
 def load_items(task: TaskConfig) -> list:

@@ -33,14 +33,14 @@ from pathlib import Path
 import torch
 import yaml
 from safetensors.torch import load_file
-from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, PreTrainedModel
+from transformers import AutoConfig, GenerationConfig, PreTrainedModel
 
 from pipeline.adapters import AdapterLinear, adapter_layers, merge, prepare_merge
 from pipeline.adapters.config import AdapterConfig
 from pipeline.adapters.io import write_adapter
 from pipeline.config import from_dict, to_dict
-from pipeline.model.avllm import AVLLM, KEPT_ADAPTER_DIR, vocab_size
-from pipeline.model.config import DTYPES, ModelConfig
+from pipeline.model.avllm import AVLLM, KEPT_ADAPTER_DIR, empty_llm, vocab_size
+from pipeline.model.config import CHECKPOINT_KEYS, DTYPES, ModelConfig
 from pipeline.model.shards import ShardReader, ShardWriter, file_sha256
 from pipeline.rundir import MERGE_MANIFEST, TRAINABLES, RunDir, export_has, load_trainables, read_export
 from pipeline.storage import write_failed
@@ -104,17 +104,12 @@ def check_mergeable(source: Source, keep_adapters: bool) -> None:
 # ---- the LLM, streamed ----------------------------------------------------------------------------------------
 
 
-def _meta_llm(config) -> PreTrainedModel:
-    with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-
-
 def _target_llm(config, vocab: int, bias_modules: set[str]) -> PreTrainedModel:
     """Meta-device LLM of the output: the base architecture with the grown vocabulary, and with the bias flags
     switched on that the merged biases of `bias_modules` need."""
 
     def build(cfg) -> PreTrainedModel:
-        model = _meta_llm(cfg)
+        model = empty_llm(cfg)
         model.resize_token_embeddings(vocab, mean_resizing=False)
         return model
 
@@ -182,12 +177,13 @@ def write_llm(
     shard_bytes: int,
 ) -> None:
     """Stream the base LLM into `out` (config, generation config, shards), folding the adapters when merging."""
-    base = ShardReader(cfg.llm_dir)
+    llm_dir = cfg.llm_dir
+    base = ShardReader(llm_dir)
     run_dtype = cfg.torch_dtype
     layers = adapter_layers(model.llm) if merging else {}
     vocab = vocab_size(model.llm)
     biased = {n for n, layer in layers.items() if layer.merged_bias() is not None}
-    base_config = AutoConfig.from_pretrained(cfg.llm_dir)
+    base_config = AutoConfig.from_pretrained(llm_dir)
     target = _target_llm(base_config, vocab, biased)
     embeddings = {
         f"{n}.weight"
@@ -199,7 +195,7 @@ def write_llm(
     for key in keys:
         module = key.rpartition(".")[0]
         if not (module in layers or key in base or (flags_on and key.endswith(".bias"))):
-            raise MergeError(f"{cfg.llm}: no tensor '{key}' (its key layout differs from the model's parameter names)")
+            raise MergeError(f"{llm_dir}: no tensor '{key}' (its key layout differs from the model's parameter names)")
     writer = ShardWriter(out, shard_bytes)
     folded: tuple[str, torch.nn.Linear] | None = None
     for key in keys:
@@ -220,8 +216,8 @@ def write_llm(
     writer.close()
     target.config.dtype = dtype
     target.config.save_pretrained(out)
-    if (cfg.llm_dir / "generation_config.json").is_file():
-        GenerationConfig.from_pretrained(cfg.llm_dir).save_pretrained(out)
+    if (llm_dir / "generation_config.json").is_file():
+        GenerationConfig.from_pretrained(llm_dir).save_pretrained(out)
 
 
 # ---- the whole checkpoint -------------------------------------------------------------------------------------
@@ -246,7 +242,7 @@ def write_checkpoint(source: Source, out: Path, dtype_name: str, keep_adapters: 
     dtype = DTYPES[dtype_name]
     merging = source.adapter is not None and not keep_adapters
     compute = dataclasses.replace(source.model, dtype="fp32")
-    model = AVLLM(compute, llm=_meta_llm(AutoConfig.from_pretrained(source.model.llm_dir)))
+    model = AVLLM(compute, llm=empty_llm(AutoConfig.from_pretrained(source.model.llm_dir)))
     trained = _load_small_parts(model, source, merging)
     if merging:
         prepare_merge(model, trained, torch.float32)
@@ -267,6 +263,11 @@ def write_checkpoint(source: Source, out: Path, dtype_name: str, keep_adapters: 
         write_adapter(out / KEPT_ADAPTER_DIR, source.adapter, source.layers, state)
 
 
+def _recorded(ref: str | None) -> str | None:
+    """A base checkpoint as merge.json records it: a pinned Hub id as it is, a local directory made absolute."""
+    return str(Path(ref).resolve()) if ref is not None and Path(ref).exists() else ref
+
+
 def write_manifest(source: Source, out: Path, dtype_name: str, merged: bool) -> None:
     files = {str(p.relative_to(out)): file_sha256(p) for p in sorted(out.rglob("*")) if p.is_file()}
     manifest = {
@@ -277,10 +278,8 @@ def write_manifest(source: Source, out: Path, dtype_name: str, merged: bool) -> 
         if source.adapter is None
         else {"name": source.adapter.name, "config": to_dict(source.adapter), "layers": len(source.layers)},
         "merged": merged,
-        "base": {
-            k: None if getattr(source.model, k) is None else str(Path(getattr(source.model, k)).resolve())
-            for k in ("llm", "vision", "audio", "tokenizer")
-        },
+        # each base checkpoint: a Hub id pinned to its snapshot (org/name@<commit>), or a local directory
+        "base": {k: _recorded(getattr(source.model, k)) for k in CHECKPOINT_KEYS},
         "dtype": dtype_name,
         # the run's missing-modality training (its train condition, which eval --missing-grid names)
         "missing": source.missing,

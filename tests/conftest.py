@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -42,6 +44,29 @@ def tiny_components(tmp_path_factory):
         return made[family]
 
     return make
+
+
+def put_in_hub_cache(cache: Path, repo: str, files: Path) -> str:
+    """Lay `files` out as huggingface_hub's cache holds a downloaded snapshot of `repo` at its main branch
+    (`models--org--name/snapshots/<commit>/...`, `refs/main`; files copied, as the cache does without symlinks);
+    returns the commit hash."""
+    commit = hashlib.sha1(repo.encode()).hexdigest()
+    folder = cache / f"models--{repo.replace('/', '--')}"
+    shutil.copytree(files, folder / "snapshots" / commit, dirs_exist_ok=True)
+    (folder / "refs").mkdir(parents=True, exist_ok=True)
+    (folder / "refs" / "main").write_text(commit)
+    return commit
+
+
+@pytest.fixture(scope="session")
+def hub_cache(tmp_path_factory, tiny_components) -> dict:
+    """A Hugging Face cache (`HF_HUB_CACHE`) holding the tiny llama components as the repos tiny/llm, tiny/vision and
+    tiny/audio: {"cache": its path, "commits": {repo: commit hash}}. Nothing is downloaded."""
+    cache = tmp_path_factory.mktemp("hf-cache")
+    components = tiny_components("llama").parent
+    commits = {f"tiny/{part}": put_in_hub_cache(cache, f"tiny/{part}", components / part)
+               for part in ("llm", "vision", "audio")}
+    return {"cache": cache, "commits": commits}
 
 
 @pytest.fixture(scope="session")

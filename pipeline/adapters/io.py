@@ -27,6 +27,7 @@ from pipeline.adapters import ADAPTERS, AttachReport, adapter_layers, adapter_st
 from pipeline.adapters.config import AdapterConfig
 from pipeline.config import from_dict, to_dict
 from pipeline.model.avllm import AVLLM, KEPT_ADAPTER_DIR
+from pipeline.model.hub import local_dir
 
 FORMAT = "avtrain-adapter/1"
 CONFIG_FILE, WEIGHTS_FILE = "adapter.json", "adapter.safetensors"
@@ -119,8 +120,9 @@ def export_peft(
 
 
 def load_model(path: str | Path, **overrides: object) -> AVLLM:
-    """A shipped checkpoint as it was trained: `AVLLM.from_pretrained` plus its kept adapter, if it carries one."""
-    path = Path(path)
+    """A shipped checkpoint (a directory or a Hub id) as it was trained: `AVLLM.from_pretrained` plus its kept adapter,
+    if it carries one."""
+    path = local_dir(path)
     model = AVLLM.from_pretrained(path, base_only=True, **overrides)
     if (path / KEPT_ADAPTER_DIR).is_dir():
         load_adapter(model, path / KEPT_ADAPTER_DIR)

@@ -148,6 +148,7 @@ def check_inputs(args: argparse.Namespace) -> tuple[list[str], list[str | None],
     from pipeline.config import load_config
     from pipeline.data.plan import resolve_all
     from pipeline.eval import BENCHMARKS
+    from pipeline.eval.bench import check_media
     from pipeline.eval.grid import grid_conditions
     from pipeline.rundir import RunDir
     from pipeline.train.config import RunConfig
@@ -168,8 +169,10 @@ def check_inputs(args: argparse.Namespace) -> tuple[list[str], list[str | None],
     if cfg.stage != 2:
         raise ValueError(f"--config: {args.config} is a stage-{cfg.stage} config; the comparison runs stage 2")
     resolve_all(cfg.data)
-    if not BENCHMARKS[args.bench].load(args.data, args.media_root):
+    items = BENCHMARKS[args.bench].load(args.data, args.media_root)
+    if not items:
         raise ValueError(f"--data: {args.data} holds no {args.bench} questions")
+    check_media(items, args.bench)
     if args.train_missing and grid_conditions(BENCHMARKS[args.bench].MODALITIES) == ["complete"]:
         raise ValueError(f"--train-missing: {args.bench} has neither audio nor visual input to test without")
     return adapters, trains, seeds

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pipeline.eval.bench import BenchError, Item, check_exists, unique_phrase
+from pipeline.eval.bench import BenchError, Item, unique_phrase
 from pipeline.formats.ave import CATEGORIES, HEADER, QUESTION, SPLIT_FILES, parse_line
 
 ID_FIELDS = ("video_id",)
@@ -34,7 +34,7 @@ def load(data: Path, media_root: Path | None = None) -> list[Item]:
         lines = split_file.read_text().splitlines()
     except OSError as exc:
         raise BenchError(f"{split_file}: cannot read the AVE split file ({exc.strerror or exc})") from None
-    items, videos = [], []
+    items = []
     for n, line in enumerate(lines, start=1):
         if not line.strip() or line.startswith(HEADER):
             continue
@@ -53,8 +53,6 @@ def load(data: Path, media_root: Path | None = None) -> list[Item]:
                 soundtrack=True,
             )
         )
-        videos.append((video, f"VideoID {video_id}"))
-    check_exists(videos, "AVE video")
     return items
 
 

@@ -7,7 +7,8 @@ Each benchmark module (`mmbench`, `pope`, `music_avqa`, `ave`, `mme`) provides
     load(data, media_root) -> list[Item]     read the official format; `BenchError` on anything wrong
     score(items, texts) -> dict              metrics as fractions (MME scores: points, as the official tool)
     headline(metrics) -> float               the one number a summary table shows (continual accuracy matrix)
-`load` checks every media path exists without decoding anything, so bad inputs fail before a model is loaded.
+`load` reads ids, prompts and golds and names each item's media without touching them, so a predictions file scores
+with no media on disk; `check_media` checks every media path exists (without decoding) before a model generates.
 """
 
 from __future__ import annotations
@@ -60,12 +61,19 @@ def describe(fields: dict) -> str:
     return " ".join(f"{k}={v}" for k, v in fields.items())
 
 
-def check_exists(paths: list[tuple[Path, str]], what: str) -> None:
-    """Raise one line naming the first missing file (and how many are missing); `paths` pairs a path with its item."""
-    missing = [(p, who) for p, who in paths if not p.is_file()]
+def check_media(items: list[Item], bench: str) -> None:
+    """Raise one line naming the first media file that is not there (and how many are missing): a model is about to
+    read them. Scoring a predictions file needs none."""
+    missing = [
+        (kind, path, item)
+        for item in items
+        for kind, path in (("image", item.image), ("video", item.video), ("audio", item.audio))
+        if path is not None and not path.is_file()
+    ]
     if missing:
+        kind, path, item = missing[0]
         more = f" ({len(missing)} missing in all)" if len(missing) > 1 else ""
-        raise BenchError(f"{what} not found: {missing[0][0]} ({missing[0][1]}){more}")
+        raise BenchError(f"{bench} {kind} not found: {path} ({describe(item.fields)}){more}")
 
 
 def unique_phrase(text: str, phrases: list[tuple[str, str]]) -> str | None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from pipeline.eval.bench import BenchError, Item, check_exists
+from pipeline.eval.bench import BenchError, Item
 
 ID_FIELDS = ("question_id",)
 MODALITIES = frozenset({"visual"})
@@ -51,7 +51,6 @@ def load(data: Path, media_root: Path | None = None) -> list[Item]:
     if not tasks:
         raise BenchError(f"{data}: no MME subtask folder or list ({', '.join(PERCEPTION + COGNITION)})")
     items: list[Item] = []
-    images: list[tuple[Path, str]] = []
     for task in tasks:
         for txt, image_dir in _sources(data, media_root or data, task):
             for n, line in enumerate(txt.read_text(encoding="utf-8").splitlines(), start=1):
@@ -75,8 +74,6 @@ def load(data: Path, media_root: Path | None = None) -> list[Item]:
                         image=image_dir / image,
                     )
                 )
-                images.append((image_dir / image, f"{txt.name} line {n}"))
-    check_exists(images, "MME image")
     return items
 
 

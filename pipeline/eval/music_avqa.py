@@ -20,7 +20,7 @@ import string
 from collections import defaultdict
 from pathlib import Path
 
-from pipeline.eval.bench import BenchError, Item, check_exists, unique_phrase
+from pipeline.eval.bench import BenchError, Item, unique_phrase
 from pipeline.formats.music_avqa import parse_entry
 
 ID_FIELDS = ("question_id",)
@@ -96,7 +96,7 @@ def load(data: Path, media_root: Path | None = None) -> list[Item]:
         raise BenchError(f"{data}: cannot read the MUSIC-AVQA annotation json ({exc})") from None
     if not isinstance(entries, list):
         raise BenchError(f"{data}: the MUSIC-AVQA annotation json must be a list of questions")
-    items, videos = [], []
+    items = []
     for i, entry in enumerate(entries):
         qid = entry.get("question_id", f"#{i}") if isinstance(entry, dict) else f"#{i}"
         if isinstance(entry, dict) and entry.get("question_deleted", 0):
@@ -119,8 +119,6 @@ def load(data: Path, media_root: Path | None = None) -> list[Item]:
                 soundtrack=not audio.is_file(),
             )
         )
-        videos.append((video, f"question_id {qid}"))
-    check_exists(videos, "MUSIC-AVQA video")
     return items
 
 

@@ -18,7 +18,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from pipeline.eval.bench import BenchError, Item, check_exists
+from pipeline.eval.bench import BenchError, Item
 
 ID_FIELDS = ("split", "question_id")
 MODALITIES = frozenset({"visual"})
@@ -39,7 +39,7 @@ def _files(data: Path) -> list[Path]:
 def load(data: Path, media_root: Path | None = None) -> list[Item]:
     files = _files(data)
     media_root = media_root or files[0].parent
-    items, images = [], []
+    items = []
     for path in files:
         split = path.stem.removeprefix(PREFIX)
         for n, line in enumerate(path.read_text().splitlines(), start=1):
@@ -64,8 +64,6 @@ def load(data: Path, media_root: Path | None = None) -> list[Item]:
                     image=media_root / image,
                 )
             )
-            images.append((media_root / image, f"{path.name} question_id {qid}"))
-    check_exists(images, "POPE image")
     return items
 
 

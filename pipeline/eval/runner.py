@@ -8,6 +8,8 @@ predictions file without a model.
                                                       predictions merged on rank 0, identical to one process
     python launch/eval.py --bench B --data PATH --predictions FILE [--out DIR]
 
+`--model` is a checkpoint directory or a Hub id (resolved through the Hugging Face cache, pipeline/model/hub.py).
+Scoring `--predictions` reads ids and golds only: the media need not be on disk; they are checked when a model runs.
 Writes predictions.jsonl, metrics.json (fractions) and results.md (the table, percentages) into --out.
 `--missing` mixes conditions inside one pass (a seeded share of the questions loses the modality) and scores each.
 `--missing-grid` runs one pass per test condition (complete, audio-missing, visual-missing, mixed at η; see
@@ -27,8 +29,9 @@ from pathlib import Path
 from types import ModuleType
 
 from pipeline.eval import BENCHMARKS, grid
-from pipeline.eval.bench import BenchError, Item, assign_conditions
+from pipeline.eval.bench import BenchError, Item, assign_conditions, check_media
 from pipeline.eval.report import markdown, prediction_lines, read_predictions, score_conditions, write
+from pipeline.model.hub import ModelRefError, resolve
 from pipeline.storage import WriteError, check_space, write_failed
 
 OUT_BYTES = 2**20  # room --out needs for predictions and metrics, checked before the model runs
@@ -41,7 +44,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--bench", required=True, choices=sorted(BENCHMARKS))
     parser.add_argument("--data", type=Path, required=True, help="the benchmark's official file or folder")
-    parser.add_argument("--model", type=Path, help="checkpoint directory (AVLLM.save_pretrained / merged)")
+    parser.add_argument(
+        "--model",
+        help="checkpoint: a directory (AVLLM.save_pretrained / merged) or a Hugging Face Hub id org/name[@rev]",
+    )
     parser.add_argument("--predictions", type=Path, help="score this predictions.jsonl instead of running a model")
     parser.add_argument("--media-root", type=Path, help="where the media are (default: next to --data)")
     parser.add_argument("--out", type=Path, default=Path("eval_out"), help="output folder (default: eval_out)")
@@ -84,8 +90,13 @@ def check_args(args: argparse.Namespace) -> None:
         )
         if lacking:
             raise BenchError(f"--missing {args.missing}: {args.bench} has no {' or '.join(sorted(lacking))} input")
-    if args.model is not None and not (args.model / CONFIG_FILE).is_file():
-        raise BenchError(f"{args.model}: not an AVLLM checkpoint (no {CONFIG_FILE})")
+    if args.model is not None:
+        try:
+            args.model = resolve(args.model, "--model").path
+        except ModelRefError as exc:
+            raise BenchError(str(exc)) from None
+        if not (args.model / CONFIG_FILE).is_file():
+            raise BenchError(f"{args.model}: not an AVLLM checkpoint (no {CONFIG_FILE})")
     if args.out.exists() and not args.out.is_dir():
         raise BenchError(f"--out {args.out} is a file; name a directory for the results")
 
@@ -169,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             texts, conditions = read_predictions(args.predictions, items, module.ID_FIELDS)
             outputs, passes = {args.bench: texts}, {args.bench: conditions}
         else:
+            check_media(items, args.bench)
             passes = plan(args, items)
         if rank == 0:  # a full disk or read-only --out fails now, not after the model has run
             check_space(args.out, OUT_BYTES)

@@ -16,21 +16,24 @@ Saved layout (`save_pretrained`), readable by `from_pretrained` and, for `llm/`,
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from pathlib import Path
 from typing import Any, cast
 
 import torch
+from accelerate import init_empty_weights
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from pipeline.config import from_dict, to_dict
 from pipeline.modality import Modality, ModalityContext, modality_ids
-from pipeline.model.config import ModelConfig
+from pipeline.model.config import CHECKPOINT_KEYS, ModelConfig
 from pipeline.model.encoders import Tower, load_tower
+from pipeline.model.hub import local_dir
 from pipeline.model.processor import PLACEHOLDERS, AVProcessor
 from pipeline.model.projectors import build_projector, tokens_out
 
@@ -41,7 +44,7 @@ KEPT_ADAPTER_DIR = "adapter"  # written and read by pipeline.adapters.io
 
 def load_tokenizer(cfg: ModelConfig):
     """The LLM's tokenizer with the media placeholders added as special tokens, a pad token and a chat template."""
-    path = cfg.tokenizer or cfg.llm
+    path = local_dir(cfg.tokenizer) if cfg.tokenizer else cfg.llm_dir
     tokenizer = AutoTokenizer.from_pretrained(path)
     if cfg.chat_template is not None:
         tokenizer.chat_template = cfg.chat_template
@@ -60,37 +63,46 @@ def vocab_size(llm: PreTrainedModel) -> int:
     return cast(nn.Embedding, llm.get_input_embeddings()).num_embeddings
 
 
+def empty_llm(config: PretrainedConfig, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+    """The causal LM of `config` with its weights on the meta device: shapes and names, no memory."""
+    with init_empty_weights():
+        return AutoModelForCausalLM.from_config(config, dtype=dtype)
+
+
 class AVLLM(nn.Module):
     llm: Any  # a transformers causal LM (PreTrainedModel + GenerationMixin), typed loosely by transformers itself
 
-    def __init__(self, cfg: ModelConfig, llm: PreTrainedModel | None = None, meta_towers: bool = False) -> None:
-        """Compose from the paths in `cfg`; `llm` replaces loading `cfg.llm` (the merge passes a meta-device
-        skeleton so that a 7B LLM is never materialised: it streams the LLM's weights itself); `meta_towers` builds
-        the encoders as meta-device skeletons too (see `skeleton`)."""
+    def __init__(self, cfg: ModelConfig, llm: PreTrainedModel | None = None, weights: bool = True) -> None:
+        """Compose from the checkpoints in `cfg`; `llm` replaces loading `cfg.llm` (the merge passes a meta-device
+        skeleton so that a 7B LLM is never materialised: it streams the LLM's weights itself). `weights=False` builds
+        the whole model on the meta device from the configs and the tokenizer alone (planning memory)."""
         super().__init__()
         self.config = cfg
         dtype = cfg.torch_dtype
         self.tokenizer = load_tokenizer(cfg)
-        self.llm = (
-            llm
-            if llm is not None
-            else AutoModelForCausalLM.from_pretrained(
-                cfg.llm_dir, dtype=dtype, attn_implementation=cfg.attn_implementation
+        if llm is None:
+            llm = (
+                AutoModelForCausalLM.from_pretrained(
+                    cfg.llm_dir, dtype=dtype, attn_implementation=cfg.attn_implementation
+                )
+                if weights
+                else empty_llm(AutoConfig.from_pretrained(cfg.llm_dir), dtype)
             )
-        )
+        self.llm = llm
         self._add_token_rows(len(self.tokenizer))
         width = self.llm.config.get_text_config().hidden_size
-        self.vision = load_tower("vision", cfg.vision, cfg, meta_towers) if cfg.vision else None
-        self.audio = load_tower("audio", cfg.audio, cfg, meta_towers) if cfg.audio else None
+        self.vision = load_tower("vision", local_dir(cfg.vision), cfg, weights) if cfg.vision else None
+        self.audio = load_tower("audio", local_dir(cfg.audio), cfg, weights) if cfg.audio else None
         self.projectors = nn.ModuleDict()
-        for name, tower, kind in (
-            ("vision", self.vision, cfg.vision_projector),
-            ("audio", self.audio, cfg.audio_projector),
-        ):
-            if tower is not None:
-                self.projectors[name] = build_projector(
-                    kind, tower.hidden_size, width, cfg.qformer_queries, cfg.qformer_layers
-                ).to(dtype)
+        with init_empty_weights(include_buffers=True) if not weights else contextlib.nullcontext():
+            for name, tower, kind in (
+                ("vision", self.vision, cfg.vision_projector),
+                ("audio", self.audio, cfg.audio_projector),
+            ):
+                if tower is not None:
+                    self.projectors[name] = build_projector(
+                        kind, tower.hidden_size, width, cfg.qformer_queries, cfg.qformer_layers
+                    ).to(dtype)
         for part in (self.llm, self.vision, self.audio):
             for p in part.parameters() if part is not None else ():
                 p.requires_grad_(False)
@@ -126,10 +138,7 @@ class AVLLM(nn.Module):
         """The composed model with the LLM and the encoders on the meta device, built from their configs: every
         module name and shape, and the towers' own checks (pooling, windows), without reading a weight. What the
         pre-flight checks attach adapters to."""
-        config = AutoConfig.from_pretrained(cfg.llm_dir)
-        with torch.device("meta"):
-            llm = AutoModelForCausalLM.from_config(config, dtype=cfg.torch_dtype)
-        return cls(cfg, llm=llm, meta_towers=True)
+        return cls(cfg, weights=False)
 
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> AVLLM:
@@ -138,10 +147,10 @@ class AVLLM(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, base_only: bool = False, **overrides) -> AVLLM:
-        """Load a directory written by `save_pretrained` (e.g. a merged checkpoint). A checkpoint that carries an
-        unmerged adapter is refused unless `base_only` (its base model is wanted): load it with
+        """Load a directory written by `save_pretrained` (e.g. a merged checkpoint), or a Hub id of one. A checkpoint
+        that carries an unmerged adapter is refused unless `base_only` (its base model is wanted): load it with
         `pipeline.adapters.io.load_model`."""
-        path = Path(path)
+        path = local_dir(path)
         if not (path / CONFIG_FILE).is_file():
             raise FileNotFoundError(f"{path}: not an AVLLM checkpoint (no {CONFIG_FILE})")
         if (path / KEPT_ADAPTER_DIR).is_dir() and not base_only:
@@ -150,7 +159,7 @@ class AVLLM(nn.Module):
                 "pipeline.adapters.io.load_model"
             )
         data = json.loads((path / CONFIG_FILE).read_text())
-        for key in ("llm", "vision", "audio", "tokenizer"):
+        for key in CHECKPOINT_KEYS:
             if data.get(key):
                 data[key] = str(path / data[key])
         data.update(overrides)
@@ -166,13 +175,13 @@ class AVLLM(nn.Module):
         if llm_weights:
             self.llm.save_pretrained(path / "llm", max_shard_size=max_shard_size)
         self.tokenizer.save_pretrained(path / "llm")
-        cfg = dataclasses.replace(self.config, llm=Path("llm"), tokenizer=None, chat_template=None)
+        cfg = dataclasses.replace(self.config, llm="llm", tokenizer=None, chat_template=None)
         if self.vision is not None:
             self.vision.save_pretrained(path / "vision", max_shard_size)
-            cfg.vision = Path("vision")
+            cfg.vision = "vision"
         if self.audio is not None:
             self.audio.save_pretrained(path / "audio", max_shard_size)
-            cfg.audio = Path("audio")
+            cfg.audio = "audio"
         save_file({k: v.contiguous() for k, v in self.projectors.state_dict().items()}, path / PROJECTORS_FILE)
         (path / CONFIG_FILE).write_text(json.dumps(to_dict(cfg), indent=2))
 

@@ -7,17 +7,22 @@ from pathlib import Path
 
 import torch
 
+from pipeline.model.hub import local_dir, pin
 from pipeline.model.projectors import PROJECTORS
 
+LLM_REQUIRED = "model.llm: required (a transformers causal LM: a local directory or a Hub id org/name)"
+CHECKPOINT_KEYS = ("llm", "vision", "audio", "tokenizer")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
 class ModelConfig:
-    llm: Path | None = None  # local transformers causal-LM directory (Llama, Qwen2, Qwen3, ...)
-    vision: Path | None = None  # CLIP or SigLIP checkpoint directory; None: no visual input
-    audio: Path | None = None  # Whisper checkpoint directory (feature extractor beside it); None: no audio
-    tokenizer: Path | None = None  # defaults to the llm directory
+    # Checkpoints: each a local directory or a Hugging Face Hub id `org/name[@revision]` (pipeline/model/hub.py);
+    # validation pins an id to `org/name@<commit>`, the snapshot the run uses.
+    llm: str | None = None  # a transformers causal LM (Llama, Qwen2, Qwen3, ...)
+    vision: str | None = None  # CLIP or SigLIP; None: no visual input
+    audio: str | None = None  # Whisper (feature extractor beside it) or AST; None: no audio
+    tokenizer: str | None = None  # defaults to the llm's
     vision_feature_layer: int = -2
     vision_pool: int = 1  # 2-D average pooling stride over the patch grid
     vision_projector: str = "mlp2x_gelu"
@@ -35,7 +40,7 @@ class ModelConfig:
 
     def validate(self) -> None:
         if self.llm is None:
-            raise ValueError("model.llm: required (a local directory with a transformers causal LM)")
+            raise ValueError(LLM_REQUIRED)
         if self.dtype not in DTYPES:
             raise ValueError(f"model.dtype: '{self.dtype}' is not one of {', '.join(DTYPES)}")
         for key in ("vision_projector", "audio_projector"):
@@ -46,13 +51,15 @@ class ModelConfig:
                 raise ValueError(f"model.{key}: must be at least 1, got {getattr(self, key)}")
         if self.audio_window_seconds <= 0:
             raise ValueError(f"model.audio_window_seconds: must be positive, got {self.audio_window_seconds}")
+        for key in CHECKPOINT_KEYS:  # last: it may read the Hub's cache or download
+            setattr(self, key, pin(getattr(self, key), f"model.{key}"))
 
     @property
     def llm_dir(self) -> Path:
-        """`llm`, which `validate` made sure is set."""
+        """The directory holding the LLM's files (a pinned Hub id resolves from the cache)."""
         if self.llm is None:
-            raise ValueError("model.llm: required (a local directory with a transformers causal LM)")
-        return self.llm
+            raise ValueError(LLM_REQUIRED)
+        return local_dir(self.llm)
 
     @property
     def torch_dtype(self) -> torch.dtype:

@@ -5,10 +5,13 @@ of one image or video frame), an audio tower `features [N, ...] -> [N, T, D]` (t
 window). Each tower knows how many tokens it yields per item, its input sample rate, a dummy input, and builds its own
 preprocessor, so the model and the batch builder never special-case an architecture. A new encoder is one class
 registered for its checkpoint's `model_type` with `@tower(...)`; `load_tower` picks it from the checkpoint's config.
+With `weights=False` a tower is built from its config on the meta device (shapes only, nothing read but configs), for
+planning memory.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,6 +19,8 @@ from typing import Any, Literal, Protocol, cast
 
 import torch
 import torch.nn.functional as F
+from accelerate import init_empty_weights
+from huggingface_hub import save_torch_state_dict
 from safetensors import safe_open
 from torch import nn
 from transformers import AutoConfig, AutoImageProcessor, CLIPVisionModel, PreTrainedModel, SiglipVisionModel
@@ -59,10 +64,9 @@ def tower(kind: Kind, *model_types: str):
     return register
 
 
-def load_tower(kind: Kind, path: Path, cfg: ModelConfig, meta: bool = False) -> Tower:
-    """The registered tower for the checkpoint at `path` (by its `model_type`), built with the model settings; with
-    `meta`, its encoder is a meta-device skeleton built from the checkpoint's config (no weight is read), for checks
-    of names and shapes."""
+def load_tower(kind: Kind, path: Path, cfg: ModelConfig, weights: bool = True) -> Tower:
+    """The registered tower for the checkpoint at `path` (by its `model_type`), built with the model settings;
+    `weights=False`: on the meta device, from the config alone."""
     model_type = AutoConfig.from_pretrained(path).model_type
     cls = TOWERS[kind].get(model_type)
     if cls is None:
@@ -70,7 +74,18 @@ def load_tower(kind: Kind, path: Path, cfg: ModelConfig, meta: bool = False) -> 
             f"{path}: {kind} encoder type '{model_type}' is not supported "
             f"(supported: {', '.join(sorted(TOWERS[kind]))})"
         )
-    return cls(path, cfg, meta)
+    return cls(path, cfg, weights)
+
+
+def pretrained(cls: type[PreTrainedModel], path: Path, dtype: torch.dtype, weights: bool) -> PreTrainedModel:
+    """`cls.from_pretrained(path)`, or with `weights=False` the same model built from its config on the meta device."""
+    if weights:
+        return cls.from_pretrained(path, dtype=dtype)
+    if cls.config_class is None:
+        raise TypeError(f"{cls.__name__} names no config class")
+    with init_empty_weights():
+        model = cls(cls.config_class.from_pretrained(path))
+    return cast(PreTrainedModel, cast(nn.Module, model).to(dtype))
 
 
 def load_safetensors_prefix(path: Path, prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
@@ -120,15 +135,11 @@ class VisionTower(_SavedTower):
 
     sample_rate = SAMPLE_RATE
 
-    def __init__(self, path: Path, cfg: ModelConfig, meta: bool = False):
+    def __init__(self, path: Path, cfg: ModelConfig, weights: bool = True):
         super().__init__()
-        config = AutoConfig.from_pretrained(path)
-        cls = SiglipVisionModel if config.model_type.startswith("siglip") else CLIPVisionModel
-        if meta:
-            with torch.device("meta"):
-                self.encoder = cls(getattr(config, "vision_config", config))
-        else:
-            self.encoder = cls.from_pretrained(path, dtype=cfg.torch_dtype)
+        model_type = AutoConfig.from_pretrained(path).model_type
+        cls = SiglipVisionModel if model_type.startswith("siglip") else CLIPVisionModel
+        self.encoder = pretrained(cls, path, cfg.torch_dtype, weights)
         self.path = Path(path)
         self.feature_layer = cfg.vision_feature_layer
         pool = self.pool = cfg.vision_pool
@@ -168,10 +179,14 @@ class WhisperAudioTower(_SavedTower):
 
     Whisper is trained on 30 s inputs; for shorter windows (MokA uses 1-2 s) the positional table is cut to the
     window's length (the first positions, as whisper.cpp's `audio_ctx` does), so a window costs its own length
-    rather than 30 s of padding.
+    rather than 30 s of padding. The rows cut off are kept aside (a buffer outside the state dict, never trained) and
+    `save_pretrained` writes the encoder with its whole table and the checkpoint's own configuration and feature
+    extractor, so a saved (merged) encoder loads with any window, as its base does.
     """
 
-    def __init__(self, path: Path, cfg: ModelConfig, meta: bool = False):
+    spare_positions: torch.Tensor  # the checkpoint's positional rows past the training window (saved back)
+
+    def __init__(self, path: Path, cfg: ModelConfig, weights: bool = True):
         super().__init__()
         from transformers import WhisperFeatureExtractor
         from transformers.models.whisper.modeling_whisper import WhisperEncoder
@@ -187,17 +202,21 @@ class WhisperAudioTower(_SavedTower):
                 f"and at most {2 * config.max_source_positions} for {path}"
             )
         positions = frames // 2
-        if meta:
-            config.max_source_positions = positions
-            with torch.device("meta"):
-                self.encoder = WhisperEncoder(config)
-        else:
+        self.source_config = copy.deepcopy(config)
+        config.max_source_positions = positions
+        if weights:
             state = load_safetensors_prefix(self.path, ("model.encoder.", "encoder.", ""))
-            state["embed_positions.weight"] = state["embed_positions.weight"][:positions]
-            config.max_source_positions = positions
+            table = state["embed_positions.weight"]
+            state["embed_positions.weight"] = table[:positions]
             self.encoder = WhisperEncoder(config)
             self.encoder.load_state_dict(state, strict=True)
-            cast(nn.Module, self.encoder).to(dtype)  # transformers types its own `to` too narrowly for mypy
+            spare = table[positions:]
+        else:
+            with init_empty_weights():
+                self.encoder = WhisperEncoder(config)
+            spare = torch.empty(self.source_config.max_source_positions - positions, config.d_model, device="meta")
+        cast(nn.Module, self.encoder).to(dtype)  # transformers types its own `to` too narrowly for mypy
+        self.register_buffer("spare_positions", spare.to(dtype), persistent=False)
         self.window_seconds = window_seconds
         self.sample_rate = fe.sampling_rate
         self.pool = pool
@@ -214,6 +233,21 @@ class WhisperAudioTower(_SavedTower):
         fe.n_samples = int(round(self.window_seconds * fe.sampling_rate))
         fe.nb_max_frames = fe.n_samples // fe.hop_length
         return fe
+
+    def save_pretrained(self, path: Path, max_shard_size: str) -> None:
+        """The encoder as its checkpoint has it: the whole positional table, the source config and feature extractor
+        (the window is a setting of the model that loads it, `model.audio_window_seconds`)."""
+        from transformers import WhisperFeatureExtractor
+
+        state = {k: v.contiguous() for k, v in self.encoder.state_dict().items()}
+        table = state["embed_positions.weight"]
+        state["embed_positions.weight"] = torch.cat([table, self.spare_positions.to(table.device, table.dtype)])
+        config = copy.deepcopy(self.source_config)
+        config.dtype = table.dtype
+        path.mkdir(parents=True, exist_ok=True)
+        config.save_pretrained(path)
+        save_torch_state_dict(state, path, max_shard_size=max_shard_size)
+        WhisperFeatureExtractor.from_pretrained(self.path).save_pretrained(path)
 
     def dummy_input(self) -> torch.Tensor:
         config = self.encoder.config
@@ -234,17 +268,13 @@ class ASTAudioTower(_SavedTower):
     `model.audio_window_seconds` must be max_length / 100. Its two leading [CLS]/distillation tokens are dropped.
     """
 
-    def __init__(self, path: Path, cfg: ModelConfig, meta: bool = False):
+    def __init__(self, path: Path, cfg: ModelConfig, weights: bool = True):
         super().__init__()
         from transformers import ASTFeatureExtractor, ASTModel
 
         window_seconds, pool = cfg.audio_window_seconds, cfg.audio_pool
         self.path = Path(path)
-        if meta:
-            with torch.device("meta"):
-                self.encoder = ASTModel(AutoConfig.from_pretrained(path))
-        else:
-            self.encoder = ASTModel.from_pretrained(path, dtype=cfg.torch_dtype)
+        self.encoder = pretrained(ASTModel, path, cfg.torch_dtype, weights)
         self.sample_rate = ASTFeatureExtractor.from_pretrained(path).sampling_rate
         config = self.encoder.config
         if round(window_seconds * 100) != config.max_length:
@@ -254,7 +284,7 @@ class ASTAudioTower(_SavedTower):
             )
         self.window_seconds = window_seconds
         self.pool = pool
-        freq, time = self.encoder.embeddings.get_shape(config)
+        freq, time = cast(Any, self.encoder).embeddings.get_shape(config)
         if (freq * time) % pool:
             raise ValueError(f"model.audio_pool={pool} must divide the {freq * time} tokens of one AST window")
         self.hidden_size = config.hidden_size

@@ -199,13 +199,13 @@ def write_tiny(
     return model_yaml
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="directory to write the components into")
     parser.add_argument("--llm", default="llama", choices=sorted(FAMILIES))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--pretrain-steps", type=int, default=0, help="LM steps on chat-formatted short questions")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     print(f"wrote {write_tiny(args.out, args.llm, args.seed, pretrain_steps=args.pretrain_steps)}")
 
 

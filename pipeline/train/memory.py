@@ -1,7 +1,11 @@
 """Plan a run before queueing it: DeepSpeed's estimate of per-GPU and per-node CPU memory for the model states.
 
-The model is instantiated on the meta device from its configs (no weights are read), so estimating a 7B model takes
-seconds and no memory. DeepSpeed's "cold" estimators take the parameter counts; activations are not included.
+The model the run trains is built on the meta device (`AVLLM(..., weights=False)`, accelerate's `init_empty_weights`):
+from the checkpoints' configs, tokenizer and feature extractor, no weight read or allocated. So it counts exactly
+the modules the run loads (the vision tower, not CLIP's or SigLIP's text tower; Whisper's encoder cut to the window,
+not its decoder), and the configured adapter is attached to it and the stage's trainable set selected as training
+does, so the trainable count is the adapter's own (and the projectors'), whatever the method. Activations are not
+included.
 """
 
 from __future__ import annotations
@@ -9,45 +13,21 @@ from __future__ import annotations
 import io
 from contextlib import redirect_stdout
 
-import torch
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
-
+from pipeline.adapters import attach
+from pipeline.model.avllm import AVLLM
 from pipeline.train.config import RunConfig
 from pipeline.train.ds_config import zero_stage
+from pipeline.train.stages import select_trainables
 
 
 def parameter_counts(cfg: RunConfig) -> tuple[int, int, int]:
-    """(total parameters, trainable parameters, largest layer) of the composed model, counted on the meta device."""
-    total = largest = 0
-    with torch.device("meta"):
-        parts = [AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(cfg.model.llm_dir))]
-        for path in (cfg.model.vision, cfg.model.audio):
-            if path is not None:
-                parts.append(AutoModel.from_config(AutoConfig.from_pretrained(path)))
-    for part in parts:
-        for name, p in part.named_parameters():
-            if part.config.model_type == "whisper" and not name.startswith("encoder."):
-                continue  # only Whisper's encoder is loaded
-            total += p.numel()
-            largest = max(largest, p.numel())
-    llm_cfg = parts[0].config.get_text_config()
-    hidden, layers = llm_cfg.hidden_size, llm_cfg.num_hidden_layers
-    inter = getattr(llm_cfg, "intermediate_size", 4 * hidden)
-    kv = getattr(llm_cfg, "num_key_value_heads", None) or llm_cfg.num_attention_heads
-    kv_dim = kv * (getattr(llm_cfg, "head_dim", None) or hidden // llm_cfg.num_attention_heads)
-    r = cfg.adapter.rank
-    # LoRA-sized estimate of the adapter on q,k,v,o,gate,up,down (A: r x in, B: out x r) + projectors (~2 x hidden^2)
-    shapes = [
-        (hidden, hidden),
-        (hidden, kv_dim),
-        (hidden, kv_dim),
-        (hidden, hidden),
-        (hidden, inter),
-        (hidden, inter),
-        (inter, hidden),
-    ]
-    trainable = layers * sum(r * (i + o) for i, o in shapes) + 2 * 2 * hidden * hidden
-    return total, trainable, largest
+    """(parameters, trainable parameters, largest tensor) of the model the run trains, counted on the meta device."""
+    model = AVLLM(cfg.model, weights=False)
+    if cfg.stage == 2:
+        attach(model, cfg.adapter)
+    trainable = select_trainables(model, cfg)
+    sizes = [p.numel() for p in model.parameters()]
+    return sum(sizes), trainable, max(sizes)
 
 
 def estimate(cfg: RunConfig, ds_config: dict, gpus_per_node: int, nodes: int) -> str:
@@ -72,10 +52,10 @@ def estimate(cfg: RunConfig, ds_config: dict, gpus_per_node: int, nodes: int) ->
     frozen_weights = width * total / (gpus if stage == 3 else 1)
     trainable_states = (width + 12) * trainable / gpus + (width * trainable / (gpus if stage >= 2 else 1))
     frozen = (frozen_weights + trainable_states) / 2**30
+    trains = "the projectors" if cfg.stage == 1 else f"the {cfg.adapter.name} adapter + projectors"
     head = (
-        f"model: {total / 1e9:.2f}B parameters (largest layer {largest / 1e6:.1f}M); about "
-        f"{trainable / 1e6:.1f}M trainable (adapter rank {cfg.adapter.rank} + projectors); ZeRO-{stage}, "
-        f"{nodes} node(s) x {gpus_per_node} GPU(s)\n"
+        f"model: {total / 1e9:.2f}B parameters (largest tensor {largest / 1e6:.1f}M); {trainable / 1e6:.2f}M "
+        f"trainable ({trains}); ZeRO-{stage}, {nodes} node(s) x {gpus_per_node} GPU(s)\n"
         f"frozen backbone ({cfg.model.dtype}): about {frozen:.2f} GB per GPU for model states, before activations\n"
         "DeepSpeed's estimate below assumes every parameter trains: an upper bound for the model states.\n"
     )

@@ -39,20 +39,27 @@ def check_model(cfg: RunConfig) -> None:
         attach(model, cfg.adapter)
 
 
+def select_trainables(model: AVLLM, cfg: RunConfig, task: int = 0) -> int:
+    """Leave trainable exactly what the stage trains (stage 1: the projectors; stage 2: the attached adapter's share
+    of task `task`, and the projectors unless `train.train_projectors` is off); returns the trainable count."""
+    if cfg.stage == 1:
+        return mark_trainable(model, ["projectors.*"])
+    mark_trainable(model, ["projectors.*"] if cfg.train.train_projectors else [])
+    start_task(model, task)  # methods with task slots (DeLo) train task `task`'s share only
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
 def build_model(cfg: RunConfig, start_from: Path | None = None, task: int = 0) -> tuple[AVLLM, AttachReport | None]:
     """The model of a stage, frozen but for what it trains. `start_from`: a finished run whose final trainables
     (adapter and projectors) replace the stage-1 projectors and the fresh adapter (continual tasks after the first)."""
     model = AVLLM.from_config(cfg.model)
     report = None
-    if cfg.stage == 1:
-        mark_trainable(model, ["projectors.*"])
-    else:
+    if cfg.stage == 2:
         load_trainables(model, check_stage1_run(cfg.stage1_run).final, prefixes=("projectors.",))
         report = attach(model, cfg.adapter)
         if start_from is not None:
             load_trainables(model, RunDir(start_from).final)
-        mark_trainable(model, ["projectors.*"] if cfg.train.train_projectors else [])
-        start_task(model, task)  # methods with task slots (DeLo) train task `task`'s share only
+    select_trainables(model, cfg, task)
     if cfg.train.gradient_checkpointing:
         model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model, report

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.eval.runner import main
-from pipeline.eval import mme, music_avqa, pope
+from pipeline.eval import ave, mme, music_avqa, pope
 from pipeline.eval.bench import CONDITIONS
 from pipeline.eval.generate import build_sample, rank_batches
 from pipeline.model.avllm import AVLLM
@@ -42,7 +42,7 @@ def test_image_path_that_does_not_exist(tmp_path, capsys, checkpoint, bench_data
     data = Path(bench_data["pope"][1])
     err = error_line(capsys, ["--model", str(checkpoint), "--bench", "pope", "--data", str(data),
                               "--media-root", str(tmp_path)])
-    assert err.startswith(f"error: POPE image not found: {tmp_path}/COCO_val2014_") and "question_id" in err
+    assert err.startswith(f"error: pope image not found: {tmp_path}/COCO_val2014_") and "question_id" in err
     assert "missing in all" in err
 
 
@@ -94,13 +94,44 @@ def test_not_a_checkpoint(tmp_path, capsys, bench_data):
     assert err == f"error: {tmp_path}: not an AVLLM checkpoint (no avllm.json)"
 
 
-def test_missing_video_and_mme_image(tmp_path, capsys, bench_data):
+def test_missing_video_and_mme_image_stop_a_model_run(tmp_path, capsys, bench_data, checkpoint):
     err = error_line(capsys, ["--bench", "music_avqa", *bench_data["music_avqa"], "--media-root", str(tmp_path),
-                              "--predictions", str(tmp_path / "p.jsonl")])
-    assert err.startswith(f"error: MUSIC-AVQA video not found: {tmp_path}/videos/")
+                              "--model", str(checkpoint)])
+    assert err.startswith(f"error: music_avqa video not found: {tmp_path}/videos/") and "question_id=" in err
     err = error_line(capsys, ["--bench", "mme", *bench_data["mme"], "--media-root", str(tmp_path),
-                              "--predictions", str(tmp_path / "p.jsonl")])
-    assert err.startswith(f"error: MME image not found: {tmp_path}/color/")
+                              "--model", str(checkpoint)])
+    assert err.startswith(f"error: mme image not found: {tmp_path}/color/")
+
+
+GOLD_TEXT = {  # an answer each benchmark's parser reads as the gold one
+    "music_avqa": lambda gold: gold["answer"],
+    "pope": lambda gold: gold["label"].capitalize() + ".",
+    "ave": lambda gold: f"{gold['category']}, from second {gold['start']} to second {gold['end']}.",
+}
+
+
+@pytest.mark.parametrize("bench", sorted(GOLD_TEXT))
+def test_scoring_predictions_needs_no_media(tmp_path, capsys, bench_data, bench):
+    """Only the annotation files are copied: no image, video or audio is on disk, and the file still scores."""
+    source = Path(bench_data[bench][1])
+    data = tmp_path / "annotations" / source.name
+    if source.is_dir():
+        data.mkdir(parents=True)
+        for f in source.iterdir():
+            if f.is_file():
+                (data / f.name).write_bytes(f.read_bytes())
+    else:
+        data.parent.mkdir()
+        data.write_bytes(source.read_bytes())
+    assert not [f for f in (tmp_path / "annotations").rglob("*") if f.suffix in (".mp4", ".wav", ".jpg", ".png")]
+    module = {"music_avqa": music_avqa, "pope": pope, "ave": ave}[bench]
+    items = module.load(data)
+    predictions = tmp_path / "predictions.jsonl"
+    predictions.write_text("".join(json.dumps({**i.fields, "text": GOLD_TEXT[bench](i.gold)}) + "\n" for i in items))
+    assert main(["--bench", bench, "--data", str(data), "--predictions", str(predictions),
+                 "--out", str(tmp_path / "out")]) == 0
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())["metrics"]["complete"]
+    assert len(items) >= 4 and module.headline(metrics) == 1.0, metrics
 
 
 def test_dropping_a_modality_removes_media_and_placeholder(bench_data):

@@ -26,7 +26,7 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_yaml_and_overrides(tmp_path):
     path = write(tmp_path, f"model:\n  llm: {tmp_path}\n  num_frames: 8\nseed: 3\n")
     cfg = load_config(Run, path, ["model.num_frames=16", "lr=2e-4", "tags=a,b", "model.dtype=bf16"])
-    assert cfg.model.llm == tmp_path and cfg.model.num_frames == 16 and cfg.seed == 3
+    assert cfg.model.llm == str(tmp_path) and cfg.model.num_frames == 16 and cfg.seed == 3
     assert cfg.lr == pytest.approx(2e-4) and cfg.tags == ["a", "b"] and cfg.model.dtype == "bf16"
     save_config(cfg, tmp_path / "resolved.yaml")
     again = load_config(Run, tmp_path / "resolved.yaml")

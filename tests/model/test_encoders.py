@@ -9,14 +9,18 @@ import pytest
 import torch
 from transformers import (
     ASTConfig,
+    AutoConfig,
     ASTFeatureExtractor,
     ASTModel,
     SiglipImageProcessor,
     SiglipVisionConfig,
     SiglipVisionModel,
+    WhisperFeatureExtractor,
+    WhisperForConditionalGeneration,
 )
 
 from pipeline.model.avllm import AVLLM
+from pipeline.model.encoders import load_safetensors_prefix
 from pipeline.model.processor import AVSample
 
 
@@ -54,3 +58,30 @@ def test_ast_window_must_match_the_checkpoint(other_encoders, tiny_model_config)
     cfg = dataclasses.replace(tiny_model_config("llama"), audio=other_encoders / "ast", audio_window_seconds=2.0)
     with pytest.raises(ValueError, match="audio_window_seconds=2.0 must be 1.0 for the AST checkpoint"):
         AVLLM.from_config(cfg)
+
+
+def test_a_saved_whisper_encoder_keeps_its_whole_table_and_loads_with_another_window(tmp_path, tiny_model_config):
+    """The model cuts the positional table to its 1 s window (50 positions); what it saves is the base encoder (100
+    positions here), so the saved checkpoint loads with a 2 s window too, and gives the base model's features."""
+    base = tmp_path / "whisper"
+    whisper = WhisperForConditionalGeneration.from_pretrained(tiny_model_config("llama").audio)
+    torch.nn.init.normal_(whisper.model.encoder.embed_positions.weight)  # the tiny stand-in's table is zero
+    whisper.save_pretrained(base)
+    WhisperFeatureExtractor.from_pretrained(tiny_model_config("llama").audio).save_pretrained(base)
+    cfg = dataclasses.replace(tiny_model_config("llama"), audio=str(base))
+    model = AVLLM.from_config(cfg)
+    assert model.audio.encoder.config.max_source_positions == 50
+    model.save_pretrained(tmp_path / "saved")
+
+    saved = AutoConfig.from_pretrained(tmp_path / "saved" / "audio")
+    assert saved.max_source_positions == 100 == whisper.config.max_source_positions
+    assert WhisperFeatureExtractor.from_pretrained(tmp_path / "saved" / "audio").chunk_length == 30
+    table = load_safetensors_prefix(tmp_path / "saved" / "audio", ("",))["embed_positions.weight"]
+    torch.testing.assert_close(table, whisper.model.encoder.embed_positions.weight.detach(), rtol=0, atol=0)
+
+    longer = AVLLM.from_pretrained(tmp_path / "saved", audio_window_seconds=2.0)
+    direct = AVLLM.from_config(dataclasses.replace(cfg, audio_window_seconds=2.0))
+    assert longer.audio.encoder.config.max_source_positions == 100 and longer.audio.tokens_per_item == 100
+    features = torch.randn(1, 80, 200)
+    with torch.no_grad():
+        torch.testing.assert_close(longer.audio(features), direct.audio(features), rtol=0, atol=0)
