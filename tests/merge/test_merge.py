@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from pipeline.adapters.io import load_model
 from pipeline.adapters import ADAPTERS, AdapterConfig, AdapterLinear, adapter_layers
 from pipeline.merge import MergeError, merge_run
+from pipeline.rundir import MERGE_MANIFEST
 from pipeline.model.avllm import AVLLM
 from pipeline.model.processor import PLACEHOLDERS, AVSample
 from tests.merge.conftest import make_run
@@ -240,3 +241,19 @@ def test_sigkill_midway_leaves_no_out_dir(tmp_path, lora_run):
     assert proc.returncode == 0, proc.stderr
     assert f"note: removed {tmp_path / '.out.partial'}, left by an interrupted merge" in proc.stderr
     assert (out / "merge.json").is_file() and not (tmp_path / ".out.partial").exists()
+
+
+def test_an_output_a_killed_merge_had_moved_aside_is_put_back(tmp_path, lora_run, capsys):
+    """Killed between moving the old OUT aside and renaming the new one in: the next merge restores the old OUT
+    (so it is not replaced without --force), removes the partial one, and says both."""
+    run, _ = lora_run
+    out = tmp_path / "out"
+    (tmp_path / ".out.old").mkdir()
+    (tmp_path / ".out.old" / MERGE_MANIFEST).write_text("{}")
+    (tmp_path / ".out.partial").mkdir()
+    with pytest.raises(MergeError, match="already exists; pass --force"):
+        merge_run(run, out)
+    err = capsys.readouterr().err
+    assert f"note: restored {out} from {tmp_path / '.out.old'}, left by an interrupted merge" in err
+    assert f"note: removed {tmp_path / '.out.partial'}, left by an interrupted merge" in err
+    assert (out / MERGE_MANIFEST).is_file() and not (tmp_path / ".out.partial").exists()
