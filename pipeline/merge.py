@@ -295,14 +295,18 @@ def protected_dirs(source: Source) -> dict[str, Path]:
     return {key: Path(path).resolve() for key, path in found.items() if path is not None}
 
 
-def check_out(source: Source, out: Path, force: bool) -> None:
-    """Refuse an `out` that would replace the run, a base model, or (with --force) a directory that is not a
-    merge's output; one line, before anything is written."""
+def check_out(source: Source, out: Path) -> None:
+    """Refuse an `out` that is, contains or lies inside the run or a base model directory; one line, before
+    anything is written."""
     target = out.resolve()
     for key, path in protected_dirs(source).items():
         if target == path or target.is_relative_to(path) or path.is_relative_to(target):
             relation = "is" if target == path else "lies inside" if target.is_relative_to(path) else "contains"
             raise MergeError(f"--out {out} {relation} {key} ({path}); write the merge somewhere else")
+
+
+def check_replace(out: Path, force: bool) -> None:
+    """Refuse to replace an existing `out` without --force, and with it anything but an earlier merge's output."""
     if not out.exists():
         return
     if not force:
@@ -345,9 +349,10 @@ def merge_run(
     dtype = dtype or source.model.dtype
     if dtype not in DTYPES:
         raise MergeError(f"--dtype: '{dtype}' is not one of {', '.join(DTYPES)}")
-    check_out(source, out, force)
+    check_out(source, out)
     tmp = out.with_name(f".{out.name}.partial")
-    clear_stale(out, tmp)
+    clear_stale(out, tmp)  # first: an output it restores counts as existing below
+    check_replace(out, force)
     tmp.mkdir(parents=True)
     try:
         write_checkpoint(source, tmp, dtype, keep_adapters, shard_bytes)

@@ -63,6 +63,8 @@ def single_process_env() -> None:
     make this process rank 0 of a world of one, on a free local port."""
     if any(key in os.environ for key in ("RANK", "WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")):
         return  # a launcher, or MPI (which DeepSpeed discovers), says who this process is
+    if int(os.environ.get("SLURM_STEP_NUM_TASKS", "1")) > 1:
+        return  # one of several `srun` tasks: not a world of one (launch through launch/slurm/train.sbatch)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -1,6 +1,6 @@
 """Whether a run may start in its `output_dir`, and moving an earlier run aside when the config asks for it.
 
-A directory that already holds a run (a `final/` export or `checkpoints/step-*`) is never written over: a run that
+A directory that already holds a run (a `final/` export or a complete checkpoint) is never written over: a run that
 would start from step 0 there (`resume=none`, `resume=auto` with no complete checkpoint, or a checkpoint of another
 directory) is refused, unless `train.existing_run=move`, which renames the old run to a timestamped sibling
 (`NAME.moved-YYYYmmdd-HHMMSS`) so the two are never interleaved. `resume=auto` with a complete checkpoint continues
@@ -19,13 +19,14 @@ from pipeline.train.config import RunConfig
 
 
 def held_run(run_dir: RunDir) -> str | None:
-    """What of an earlier run `run_dir` holds ("final/ and 2 checkpoints"), or None when it holds none."""
+    """What of an earlier run `run_dir` holds ("final/ and 2 complete checkpoint(s)"), or None when it holds none. A
+    checkpoint without its COMPLETE marker (a run killed before its first save finished) holds nothing to keep."""
     parts = []
     if run_dir.final.exists():
         parts.append("final/")
-    steps = list(run_dir.checkpoints.glob("step-*")) if run_dir.checkpoints.is_dir() else []
-    if steps:
-        parts.append(f"{len(steps)} checkpoint(s)")
+    complete = run_dir.complete_checkpoints()
+    if complete:
+        parts.append(f"{len(complete)} complete checkpoint(s)")
     return " and ".join(parts) or None
 
 

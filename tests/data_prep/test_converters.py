@@ -136,7 +136,8 @@ def test_llava_synthetic_and_placeholder_prepending(raw, tmp_path):
     (tmp_path / "x.jsonl").write_text('{"id": 1, "image": "a.jpg", "conversations": [{"from": "human", "value": "Hi"},'
                                       ' {"from": "gpt", "value": "A cat."}]}\n{broken\n{"id": 2, "conversations": []}\n'
                                       '{"id": 3, "image": 5, "conversations": [{"from": "human", "value": "Hi"}]}\n'
-                                      '{"id": 4, "video": ["a.mp4"], "conversations": [{"from": "human", "value": "Hi"}]}\n')
+                                      '{"id": 4, "video": ["a.mp4"], "conversations": '
+                                      '[{"from": "human", "value": "Hi"}]}\n')
     items = list(llava.records(tmp_path, "x"))
     assert _records(items)[0].conversations[0]["value"] == "<image>\nHi"
     assert sorted(s.reason for s in items if isinstance(s, Skip)) == ["malformed_entry"] * 3 + ["malformed_json"]

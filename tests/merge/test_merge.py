@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from pipeline.adapters.io import load_model
 from pipeline.adapters import ADAPTERS, AdapterConfig, AdapterLinear, adapter_layers
 from pipeline.merge import MergeError, merge_run
+from pipeline.rundir import MERGE_MANIFEST
 from pipeline.model.avllm import AVLLM
 from pipeline.model.processor import PLACEHOLDERS, AVSample
 from tests.merge.conftest import make_run
@@ -254,3 +255,19 @@ def test_full_disk_is_one_line_and_leaves_nothing(lora_run, small_disk, capsys):
     assert err.count("\n") == 1 and err.startswith(f"error: {disk / '.merged.partial'}: cannot write ("), err
     assert " MiB free there, about " in err and " MiB needed" in err
     assert list(disk.iterdir()) == []
+
+
+def test_an_output_a_killed_merge_had_moved_aside_is_put_back(tmp_path, lora_run, capsys):
+    """Killed between moving the old OUT aside and renaming the new one in: the next merge restores the old OUT
+    (so it is not replaced without --force), removes the partial one, and says both."""
+    run, _ = lora_run
+    out = tmp_path / "out"
+    (tmp_path / ".out.old").mkdir()
+    (tmp_path / ".out.old" / MERGE_MANIFEST).write_text("{}")
+    (tmp_path / ".out.partial").mkdir()
+    with pytest.raises(MergeError, match="already exists; pass --force"):
+        merge_run(run, out)
+    err = capsys.readouterr().err
+    assert f"note: restored {out} from {tmp_path / '.out.old'}, left by an interrupted merge" in err
+    assert f"note: removed {tmp_path / '.out.partial'}, left by an interrupted merge" in err
+    assert (out / MERGE_MANIFEST).is_file() and not (tmp_path / ".out.partial").exists()

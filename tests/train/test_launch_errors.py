@@ -192,10 +192,11 @@ def test_vision_pool_against_siglip_so400m_384_grid(capsys, train_data, tmp_path
     """SigLIP so400m-patch14-384 has a 27x27 grid: pool 2 is refused, naming the divisors; only its config is read."""
     SiglipVisionConfig(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
                        image_size=384, patch_size=14).save_pretrained(tmp_path / "siglip")
-    args = common_overrides(train_data, tmp_path / "run", stage1_run=fake_stage1, **{"model.vision": tmp_path / "siglip"})
+    args = common_overrides(train_data, tmp_path / "run", stage1_run=fake_stage1,
+                            **{"model.vision": tmp_path / "siglip"})
     fails_with(capsys, ["--config", STAGE2, *args, "model.vision_pool=2"],
-               f"model.vision_pool=2 must divide the 27x27 patch grid of {tmp_path / 'siglip'} (its divisors: 1, 3, 9, "
-               "27)")
+               f"model.vision_pool=2 must divide the 27x27 patch grid of {tmp_path / 'siglip'} "
+               "(its divisors: 1, 3, 9, 27)")
 
 
 def test_mora_defaults_fit_it(train_data, tmp_path, fake_stage1):

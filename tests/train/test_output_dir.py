@@ -30,9 +30,9 @@ def old_run(root, complete: bool = False):
 
 
 @pytest.mark.parametrize("resume, complete, expected", [
-    ("none", False, "it has no complete checkpoint to resume"),
-    ("none", True, "resume=auto continues it"),
-    ("auto", False, "it has no complete checkpoint to resume"),
+    ("none", False, "(final/) and this one would start over (it has no complete checkpoint to resume)"),
+    ("none", True, "(final/ and 1 complete checkpoint(s)) and this one would start over (resume=auto continues it)"),
+    ("auto", False, "(final/) and this one would start over (it has no complete checkpoint to resume)"),
 ])
 def test_a_run_that_would_start_over_in_another_runs_directory_is_refused(capsys, train_data, tmp_path, resume,
                                                                           complete, expected):
@@ -40,8 +40,9 @@ def test_a_run_that_would_start_over_in_another_runs_directory_is_refused(capsys
     argv = ["--config", STAGE1, *common_overrides(train_data, out), f"resume={resume}"]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith(f"error: output_dir: {out} already holds a run (final/ and 1 checkpoint(s))"), err
-    assert expected in err and "train.existing_run=move" in err and "\n" not in err
+    assert err.startswith(f"error: output_dir: {out} already holds a run {expected}; pick another output_dir, or set "
+                          "train.existing_run=move to move the old run aside"), err
+    assert "\n" not in err
     assert not dist.is_initialized()
     assert (out / "final" / "trainables.safetensors").read_text() == "the earlier run's weights"
 
@@ -55,6 +56,19 @@ def test_resume_auto_from_a_checkpoint_of_another_config_is_one_line(capsys, tra
                    "and an exact resume needs the same one; pick another output_dir, or resume=none with "
                    "train.existing_run=move")
     assert not dist.is_initialized()
+
+
+def test_a_run_killed_before_its_first_complete_checkpoint_is_started_over(train_data, tmp_path):
+    """Only a half-written checkpoint (no COMPLETE marker, no final/): nothing to keep, resume=auto starts over."""
+    from pipeline.config import load_config
+    from pipeline.train.config import RunConfig
+    from pipeline.train.output_dir import check_output_dir
+
+    out = tmp_path / "run"
+    (out / "checkpoints" / "step-2").mkdir(parents=True)
+    for resume in ("auto", "none"):
+        cfg = load_config(RunConfig, STAGE1, [*common_overrides(train_data, out), f"resume={resume}"])
+        assert check_output_dir(cfg) is False
 
 
 def test_a_checkpoint_of_the_same_directory_may_restart_it(train_data, tmp_path):
