@@ -6,7 +6,7 @@ audio), an audio path, or an audio array (`{"array", "sampling_rate"}`, the data
 go through `pipeline.eval.generate.generate`, the function `launch/eval.py` calls, so the same checkpoint gives the
 same answers both ways.
 
-    lmms-eval --model avtrain --model_args pretrained=runs/merged,batch_size=8 --tasks ... --include_path ...
+    lmms-eval --model avtrain --model_args pretrained=runs/merged --batch_size 8 --tasks ... --include_path ...
 """
 
 from __future__ import annotations
@@ -84,7 +84,6 @@ class AVTrainLMM(lmms):
 
         from pipeline.eval.generate import generate
 
-        texts: list[str] = []
         # requests sharing generation settings are answered in one pass, in their order
         groups: dict[str, list[int]] = {}
         for i, request in enumerate(requests):
@@ -109,8 +108,7 @@ class AVTrainLMM(lmms):
                 until = kwargs.get("until") or []
                 for item in items:
                     answers[int(item.key)] = cut_at(out[item.key], [until] if isinstance(until, str) else until)
-        texts = [answers[i] for i in range(len(requests))]
-        return texts
+        return [answers[i] for i in range(len(requests))]
 
     def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
         raise NotImplementedError("the avtrain model answers generate_until tasks only")
