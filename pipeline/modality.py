@@ -52,11 +52,13 @@ class SampleLayout:
 
     A packed row holds several samples; adapters whose maths is per sample (means over a sample's tokens, attention
     within a sample, per-sample routing) compute in the per-sample layout, where a packed batch is exactly the
-    right-padded batch of the same samples. Slots past a sample's end behave as PAD (ids PAD, question False,
-    values 0). For a batch of one sample per row (`identity`), both maps return their input unchanged.
+    right-padded batch of the same samples. Slots past a sample's end must be treated as PAD (`to_samples(ids,
+    PAD)` marks them so; their values are not read). For a batch of one sample per row (`identity`), both maps
+    return their input unchanged. `memo` caches what an adapter derives once per map (every layer sees the same).
     """
 
     def __init__(self, segments: torch.Tensor) -> None:
+        self.memo: dict = {}
         self.shape = tuple(segments.shape)
         flat = segments.reshape(-1)
         rows = torch.arange(self.shape[0], device=segments.device).unsqueeze(-1).expand(self.shape).reshape(-1)

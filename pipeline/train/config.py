@@ -33,6 +33,8 @@ class TrainConfig:
     keep_last: int = 2
     dominance_every: int = 0  # log the Non-Text Dominance Rate every N steps (LoRA-family adapters)
     max_bad_steps: int = 5  # consecutive non-finite losses before saving and stopping
+    chunked_loss: bool = True  # LM head + cross-entropy over label positions only, in chunks (pipeline.model.loss)
+    loss_chunk_tokens: int = 1024  # label positions per chunk of the chunked loss
 
 
 @dataclass
@@ -103,6 +105,8 @@ class RunConfig:
                 f"data.num_frames={self.data.num_frames} differs from model.num_frames="
                 f"{self.model.num_frames}; set both to the frames the model takes"
             )
+        if self.train.loss_chunk_tokens < 1:
+            raise ValueError(f"train.loss_chunk_tokens: must be >= 1, got {self.train.loss_chunk_tokens}")
         if self.optim.gradient_accumulation_steps < 1 or self.max_steps < 0 or self.train.epochs < 1:
             raise ValueError("optim.gradient_accumulation_steps and train.epochs must be >= 1, max_steps >= 0")
         if self.continual.tasks and self.stage != 2:
