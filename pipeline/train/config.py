@@ -105,6 +105,11 @@ class RunConfig:
                 f"data.num_frames={self.data.num_frames} differs from model.num_frames="
                 f"{self.model.num_frames}; set both to the frames the model takes"
             )
+        if self.data.batching == "pack" and self.data.max_tokens < self.model.max_length:
+            raise ValueError(
+                f"data.max_tokens={self.data.max_tokens} is below model.max_length={self.model.max_length}: "
+                "a packed row must hold the longest sample; raise data.max_tokens"
+            )
         if self.train.loss_chunk_tokens < 1:
             raise ValueError(f"train.loss_chunk_tokens: must be >= 1, got {self.train.loss_chunk_tokens}")
         if self.optim.gradient_accumulation_steps < 1 or self.max_steps < 0 or self.train.epochs < 1:

@@ -3,10 +3,11 @@ against the plain full-logits loss (value and gradients, padded and packed, unti
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from torch import nn
-from types import SimpleNamespace
 
 from pipeline.model.loss import chunked_lm_loss, packed_positions, shift_targets
 from tests.model.conftest import mixed_samples
