@@ -39,8 +39,79 @@ def modality_rows(ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, 
     return text, other
 
 
+def row_segments(ids: torch.Tensor) -> torch.Tensor:
+    """Sample index per token for a batch of one sample per row: the row index, -1 at PAD positions."""
+    rows = torch.arange(ids.shape[0], device=ids.device).unsqueeze(-1).expand_as(ids)
+    return torch.where(ids == int(Modality.PAD), -1, rows)
+
+
+class SampleLayout:
+    """Where each sample of a batch sits: maps a tensor in token layout [B, T, ...] to the per-sample layout
+    [S, L, ...] (sample s's tokens in order, right-padded to the longest sample L) and back.
+
+    A packed row holds several samples; adapters whose maths is per sample (means over a sample's tokens, attention
+    within a sample, per-sample routing) compute in the per-sample layout, where a packed batch is exactly the
+    right-padded batch of the same samples. Slots past a sample's end must be treated as PAD (`to_samples(ids,
+    PAD)` marks them so; their values are not read). For a batch of one sample per row (`identity`), both maps
+    return their input unchanged. `memo` caches what an adapter derives once per map (every layer sees the same).
+    """
+
+    def __init__(self, segments: torch.Tensor) -> None:
+        self.memo: dict = {}
+        self.shape = tuple(segments.shape)
+        flat = segments.reshape(-1)
+        rows = torch.arange(self.shape[0], device=segments.device).unsqueeze(-1).expand(self.shape).reshape(-1)
+        self.identity = bool(((flat == -1) | (flat == rows)).all())
+        if self.identity:
+            self.samples, self.length = self.shape[0], self.shape[-1]
+            self.segments = segments
+            return
+        kept = flat >= 0
+        self.samples = int(flat.max()) + 1 if bool(kept.any()) else 0
+        counts = torch.bincount(flat[kept], minlength=self.samples)
+        self.length = int(counts.max()) if self.samples else 0
+        tokens = kept.nonzero().squeeze(-1)
+        seg = flat[tokens]
+        order = torch.argsort(seg, stable=True)  # tokens grouped by sample, in sequence order within a sample
+        tokens, seg = tokens[order], seg[order]
+        starts = torch.cumsum(counts, 0) - counts
+        slot = seg * self.length + torch.arange(len(seg), device=seg.device) - starts[seg]
+        n_slots = self.samples * self.length
+        # gather index of every sample slot into the flat tokens (+ one zero row at the end for empty slots)
+        self.gather = torch.full((n_slots,), flat.numel(), dtype=torch.long, device=segments.device)
+        self.gather[slot] = tokens
+        # and of every token into the flat slots (+ one zero row at the end for PAD tokens)
+        self.scatter = torch.full((flat.numel(),), n_slots, dtype=torch.long, device=segments.device)
+        self.scatter[tokens] = slot
+        self.segments = segments
+
+    def to_samples(self, x: torch.Tensor, fill: float | int = 0) -> torch.Tensor:
+        """[B, T, ...] -> [S, L, ...]; empty slots hold `fill`."""
+        if self.identity:
+            return x
+        flat = x.reshape(-1, *x.shape[len(self.shape) :])
+        padded = torch.cat((flat, flat.new_full((1, *flat.shape[1:]), fill)))
+        return padded[self.gather].view(self.samples, self.length, *flat.shape[1:])
+
+    def to_tokens(self, y: torch.Tensor, fill: float | int = 0) -> torch.Tensor:
+        """[S, L, ...] -> [B, T, ...]; PAD tokens hold `fill`."""
+        if self.identity:
+            return y
+        flat = y.reshape(-1, *y.shape[2:])
+        padded = torch.cat((flat, flat.new_full((1, *flat.shape[1:]), fill)))
+        return padded[self.scatter].view(*self.shape, *flat.shape[1:])
+
+    def per_token(self, values: torch.Tensor) -> torch.Tensor:
+        """Per-sample values [S, ...] spread to the tokens [B, T, ...] of each sample (zeros at PAD tokens)."""
+        padded = torch.cat((values, values.new_zeros((1, *values.shape[1:]))))
+        return padded[self.segments.reshape(-1).where(self.segments.reshape(-1) >= 0, len(values))].view(
+            *self.shape, *values.shape[1:]
+        )
+
+
 class ModalityContext:
-    """Holds the modality map (ids [B, T] and question flags [B, T]) of the current forward.
+    """Holds the modality map (ids [B, T], question flags [B, T] and the sample each token belongs to) of the
+    current forward.
 
     `default` is the modality reported when no map was set: TEXT for an LLM used on its own, VISUAL or AUDIO for an
     encoder tower (every token of the vision tower is visual).
@@ -50,15 +121,22 @@ class ModalityContext:
         self.default = Modality(default)
         self.ids: torch.Tensor | None = None
         self.question: torch.Tensor | None = None
+        self.layout: SampleLayout | None = None
         self.decoding = False
 
-    def set(self, ids: torch.Tensor, question: torch.Tensor | None = None) -> None:
+    def set(
+        self, ids: torch.Tensor, question: torch.Tensor | None = None, segments: torch.Tensor | None = None
+    ) -> None:
+        """`segments` [B, T]: the index of the sample each token belongs to (-1 at PAD), for packed rows that hold
+        several samples; by default one sample per row."""
         if ids.dim() != 2:
             raise ValueError(f"modality ids must be [batch, seq], got shape {tuple(ids.shape)}")
-        if question is not None and question.shape != ids.shape:
-            raise ValueError(f"question mask shape {tuple(question.shape)} != modality ids shape {tuple(ids.shape)}")
+        for name, t in (("question mask", question), ("segments", segments)):
+            if t is not None and t.shape != ids.shape:
+                raise ValueError(f"{name} shape {tuple(t.shape)} != modality ids shape {tuple(ids.shape)}")
         self.ids = ids
         self.question = question if question is not None else torch.zeros_like(ids, dtype=torch.bool)
+        self.layout = SampleLayout(segments if segments is not None else row_segments(ids))
         self.decoding = False
 
     def set_text(self, batch: int, seq_len: int, device: torch.device | str, decoding: bool = False) -> None:
@@ -71,6 +149,7 @@ class ModalityContext:
     def clear(self) -> None:
         self.ids = None
         self.question = None
+        self.layout = None
         self.decoding = False
 
     @staticmethod
@@ -93,6 +172,16 @@ class ModalityContext:
         if self.ids is None or self.question is None:
             return torch.zeros(x.shape[:-1], dtype=torch.bool, device=x.device)
         return self._checked(self.question, x)
+
+    def layout_for(self, x: torch.Tensor) -> SampleLayout:
+        """The samples of a layer input x [B, T, d] ([N, d]: one sample); one sample per row when no map was set."""
+        if self.ids is None:
+            shape = x.shape[:-1] if x.dim() > 2 else (1, x.shape[0])
+            return SampleLayout(torch.arange(shape[0], device=x.device).unsqueeze(-1).expand(shape))
+        self._checked(self.ids, x)
+        if self.layout is None:
+            raise RuntimeError("modality map set without a sample layout")
+        return self.layout
 
 
 def modality_ids(

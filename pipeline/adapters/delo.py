@@ -7,6 +7,8 @@ rank-one factors (a_e, b_e): `pool_a{t}` [3, E, d_in] and `pool_b{t}` [d_out, 3,
 Routing, per sample. q_m = mean of the layer input over the sample's tokens of modality m. A modality absent from
 the sample takes the mean of the present modalities' queries (cross-modal guided routing; with one present modality
 exactly its query, q̂_t := q_v in the paper). Logits ℓ_m = R_m q̂_m ∈ R^E; the r = `rank` largest are selected.
+A sample is a row of a padded batch or a segment of a packed row: queries, gates, task keys and the alignment loss
+are per sample either way, and each token takes its own sample's gates (and, at inference, its sample's task).
 
 Update. Each token x of modality m gets
   h = W0 x + s · Σ_e g_{m,e} b_e (a_e · x),   s = alpha / rank,
@@ -56,11 +58,15 @@ MODALITIES = (Modality.TEXT, Modality.VISUAL, Modality.AUDIO)
 
 
 def proxy_queries(x: torch.Tensor, onehot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample modality queries [B, 3, d] with absent modalities filled by the mean of the present ones, and
-    the presence flags [B, 3]. x [B, T, d], onehot [B, T, 3] (PAD rows all zero)."""
-    counts = onehot.sum(1)
+    """Per-sample modality queries [S, 3, d] with absent modalities filled by the mean of the present ones, and
+    the presence flags [S, 3]. x [B, T, d]; onehot [B, T, 3] when each row is one sample (PAD rows all zero), or
+    [B, T, S, 3] (token t of row b is of sample s and modality m) for packed rows."""
+    if onehot.dim() == 3:
+        counts, q = onehot.sum(1), torch.einsum("btm,btd->bmd", onehot, x)
+    else:
+        counts, q = onehot.sum((0, 1)), torch.einsum("btsm,btd->smd", onehot, x)
     present = counts > 0
-    q = torch.einsum("btm,btd->bmd", onehot, x) / counts.clamp(min=1).unsqueeze(-1)
+    q = q / counts.clamp(min=1).unsqueeze(-1)
     pres = present.to(x.dtype).unsqueeze(-1)
     proxy = (q * pres).sum(1, keepdim=True) / pres.sum(1, keepdim=True).clamp(min=1)
     return torch.where(present.unsqueeze(-1), q, proxy), present
@@ -150,8 +156,11 @@ class DeLoLinear(AdapterLinear, name="delo"):
     def task_parameters(self, t: int) -> list[nn.Parameter]:
         return [getattr(self, f"pool_a{t}"), getattr(self, f"pool_b{t}"), getattr(self, f"router{t}")]
 
+    def task_parameters_of(self, kind: str) -> list[nn.Parameter]:
+        return [getattr(self, f"{kind}{t}") for t in range(self.tasks)]
+
     def _stacked(self, kind: str) -> torch.Tensor:
-        return torch.stack([getattr(self, f"{kind}{t}") for t in range(self.tasks)])
+        return torch.stack(list(self.task_parameters_of(kind)))
 
     @torch.no_grad()
     def _update_key(self, t: int, q: torch.Tensor) -> None:
@@ -174,7 +183,7 @@ class DeLoLinear(AdapterLinear, name="delo"):
         if self.ctx.decoding and self.route is not None and self.route[0].shape[0] == q.shape[0]:
             return self.route
         task = self.nearest_task(q)
-        gate = straight_through_topk(torch.einsum("bmd,bmed->bme", q, self._stacked("router")[task]), self.rank)
+        gate = straight_through_topk(torch.einsum("smd,smed->sme", q, self._stacked("router")[task]), self.rank)
         self.route = (task, gate)
         return self.route
 
@@ -187,29 +196,36 @@ class DeLoLinear(AdapterLinear, name="delo"):
         out = self.base_layer(x)
         xs = x if x.dim() == 3 else x.unsqueeze(0)  # encoder towers may pass [N, d]: one sample
         ids = self.ctx.ids_for(x).view(xs.shape[:2])
+        layout = self.ctx.layout_for(xs)
         onehot = (ids.unsqueeze(-1) == torch.arange(len(MODALITIES), device=x.device)).to(x.dtype)
-        q, present = proxy_queries(xs, onehot)
+        if layout.identity:
+            q, present = proxy_queries(xs, onehot)
+        else:  # packed rows: the queries of each sample (segment)
+            samples = (layout.segments.unsqueeze(-1) == torch.arange(layout.samples, device=x.device)).to(x.dtype)
+            q, present = proxy_queries(xs, samples.unsqueeze(-1) * onehot.unsqueeze(-2))
         self.last_align = self._alignment(q, present)
         self.last_aux_loss = self.align_weight * self.last_align
         n, e = len(MODALITIES), self.pool_size
         a: torch.Tensor
         b: torch.Tensor
+        x_in = self.dropout(xs)
         if self.training:
             t = int(self.active_task)
             if torch.is_grad_enabled():
                 self._update_key(t, q)
             a, b, router = self.task_parameters(t)
-            self.last_task = self.active_task.expand(xs.shape[0])
-            gate = straight_through_topk(torch.einsum("bmd,med->bme", q, router), self.rank)
-            u = F.linear(self.dropout(xs), a.view(n * e, -1))  # [B, T, 3E]
-        else:
+            self.last_task = self.active_task.expand(q.shape[0])
+            gate = straight_through_topk(torch.einsum("smd,med->sme", q, router), self.rank)
+            u = F.linear(x_in, a.view(n * e, -1)) * layout.per_token(gate).flatten(-2)  # [B, T, 3E]
+        else:  # each sample's own task: every task's factors, each token keeping its sample's task
             task, gate = self._route(q)
             self.last_task = task
-            a, b = self._stacked("pool_a")[task], self._stacked("pool_b")[task]  # [B, 3, E, d], [B, o, 3, E]
-            u = torch.bmm(self.dropout(xs), a.view(xs.shape[0], n * e, -1).transpose(1, 2))
-        u = (u.view(*xs.shape[:2], n, e) * onehot.unsqueeze(-1) * gate.unsqueeze(1)).flatten(2)
-        if b.dim() == 3:
-            delta = F.linear(u, b.view(self.out_features, n * e))
-        else:
-            delta = torch.bmm(u, b.view(xs.shape[0], self.out_features, n * e).transpose(1, 2))
+            a, b = (
+                self._stacked("pool_a"),
+                torch.cat(list(self.task_parameters_of("pool_b")), dim=1),
+            )  # [T,3,E,d], [o,T3,E]
+            picked = F.one_hot(task, self.tasks).to(x.dtype).unsqueeze(-1).unsqueeze(-1) * gate.unsqueeze(1)
+            u = F.linear(x_in, a.view(self.tasks * n * e, -1)) * layout.per_token(picked).flatten(-3)
+        u = (u.unflatten(-1, (-1, n, e)) * onehot.unsqueeze(-1).unsqueeze(-3)).flatten(-3)
+        delta = F.linear(u, b.reshape(self.out_features, -1))
         return out + self.scaling * delta.view(out.shape)

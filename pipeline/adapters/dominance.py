@@ -5,7 +5,8 @@ Estimator. For every LoRA-family layer (LoRA, DoRA, IMoD) u = A x̃ (x̃ = dropo
 the task-loss gradient of A is exactly G_A = Σ_n g_n x̃_nᵀ with g_n = ∂L/∂u_n, whatever the method does after u.
 Splitting the token sum by the modality of token n gives, per sample b,
   G_text[b] = Σ_{n ∈ b, text} g_n x̃_nᵀ,   G_nontext[b] = Σ_{n ∈ b, visual or audio} g_n x̃_nᵀ   (PAD tokens in neither),
-and the diagonal Fisher is estimated as F = mean_b G[b]² (element-wise). R = |{(i,j): F_nontext > F_text}| / |A|,
+and the diagonal Fisher is estimated as F = mean_b G[b]² (element-wise); a sample is a row of a padded batch or a
+segment of a packed row (`SampleLayout`). R = |{(i,j): F_nontext > F_text}| / |A|,
 over all recorded layers. Tokens of different samples do not interact in a transformer, so the per-sample parts of
 one batched backward are per-sample gradients (all scaled by the same batch normalisation, which cancels in the
 comparison). Only the task gradient is seen: IMoD's injected term is added to A's gradient, not to g.
@@ -20,7 +21,7 @@ from torch import nn
 
 from pipeline.adapters.base import ADAPTERS, adapter_layers
 from pipeline.adapters.core import LowRankLinear
-from pipeline.modality import modality_rows
+from pipeline.modality import Modality, SampleLayout, modality_rows
 
 
 @dataclass
@@ -67,12 +68,17 @@ class DominanceProbe:
         """Called by the layer in forward with its A input x̃ and u = A x̃; the tensor hook dies with the graph."""
         x = x.detach()
         ids = layer.ctx.ids_for(x)
-        u.register_hook(lambda g: self._accumulate(layer.layer_name, x, ids, g))
+        layout = layer.ctx.layout_for(x) if x.dim() > 2 else None
+        u.register_hook(lambda g: self._accumulate(layer.layer_name, x, ids, g, layout))
 
     @torch.no_grad()
-    def _accumulate(self, name: str, x: torch.Tensor, ids: torch.Tensor, g: torch.Tensor) -> None:
-        if x.dim() == 2:  # an [N, d] input (encoder tower) is one sample
+    def _accumulate(
+        self, name: str, x: torch.Tensor, ids: torch.Tensor, g: torch.Tensor, layout: SampleLayout | None
+    ) -> None:
+        if layout is None:  # an [N, d] input (encoder tower) is one sample
             x, ids, g = x.unsqueeze(0), ids.unsqueeze(0), g.unsqueeze(0)
+        else:  # one row per sample, also for packed rows
+            x, ids, g = layout.to_samples(x), layout.to_samples(ids, int(Modality.PAD)), layout.to_samples(g)
         x, g = x.reshape(-1, *x.shape[-2:]), g.reshape(-1, *g.shape[-2:]).to(x.dtype)
         text, other = modality_rows(ids.reshape(g.shape[:2]), g.dtype)
         g_text = torch.bmm((g * text.unsqueeze(-1)).transpose(1, 2), x)  # [B, r, d]

@@ -8,7 +8,8 @@ is saved with the adapter and loads exactly; it is also reproducible from `mask_
 Constraints, on the layer input X of the micro-batch (rows = tokens; PAD rows belong to neither modality):
   L_TS = ||A_T X_tᵀ − A X_tᵀ||² = ||(A⊙M_o) X_tᵀ||²   (X_t: non-text rows zeroed)
   L_OS = ||A_O X_oᵀ − A X_oᵀ||² = ||(A⊙M_t) X_oᵀ||²   (X_o: text rows zeroed)
-  L_MA = Σ_samples with both kinds [1 − (c_t + c_o)·cos(s̄_t, s̄_o)],  s = (A⊙M_s) x per token.
+  L_MA = Σ_samples with both kinds [1 − (c_t + c_o)·cos(s̄_t, s̄_o)],  s = (A⊙M_s) x per token
+(a sample is a row of a padded batch or a segment of a packed row: MAAC runs in the per-sample `SampleLayout`).
 Their gradient λ1·∇(L_TS+L_OS) + λ2·∇L_MA reaches A only: `_IMoDProjection` computes u = A x̃ (x̃ = dropout(x))
 exactly as LoRA does and owns its backward, so the constraint terms join A's own gradient product. With
 P_k = X (A⊙M_k)ᵀ (N x r, k = t, o, s), the text/non-text row indicators τ, ω and g = ∂L_task/∂u (all closed form):
@@ -48,7 +49,7 @@ from torch import nn
 
 from pipeline.adapters.config import AdapterConfig
 from pipeline.adapters.core import LowRankLinear
-from pipeline.modality import ModalityContext, modality_rows
+from pipeline.modality import Modality, ModalityContext, SampleLayout, modality_rows
 
 TEXT_ID, NONTEXT_ID, SHARED_ID = 0, 1, 2
 
@@ -113,15 +114,15 @@ def row_weights(ids: torch.Tensor, dtype: torch.dtype) -> RowWeights:
     return RowWeights(msdc, mean, (mean * valid).transpose(1, 2))
 
 
-_last_rows: tuple[torch.Tensor, int, torch.dtype, RowWeights] | None = None
-
-
-def _row_weights_of(ids: torch.Tensor, dtype: torch.dtype) -> RowWeights:
-    """row_weights, computed once per modality map: every layer's backward in a step sees the same ids tensor."""
-    global _last_rows
-    if _last_rows is None or _last_rows[0] is not ids or _last_rows[1] != ids._version or _last_rows[2] != dtype:
-        _last_rows = (ids, ids._version, dtype, row_weights(ids, dtype))
-    return _last_rows[3]
+def _row_weights_of(ids: torch.Tensor, layout: SampleLayout, dtype: torch.dtype) -> RowWeights:
+    """row_weights with the per-token MSDC rows of `ids` and the per-sample means of its per-sample layout (a packed
+    row's samples as rows), computed once per modality map: every layer's backward in a step sees the same map."""
+    key = ("imod.row_weights", dtype)
+    if key not in layout.memo:
+        tokens = row_weights(ids, dtype)
+        samples = tokens if layout.identity else row_weights(layout.to_samples(ids, int(Modality.PAD)), dtype)
+        layout.memo[key] = RowWeights(tokens.msdc, samples.mean, samples.rows)
+    return layout.memo[key]
 
 
 def maac_grad(s: torch.Tensor, mean: torch.Tensor, rows: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -158,10 +159,16 @@ class _IMoDProjection(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx, x_in: torch.Tensor, a: torch.Tensor, x: torch.Tensor, ids: torch.Tensor, layer: IMoDLinear
+        ctx,
+        x_in: torch.Tensor,
+        a: torch.Tensor,
+        x: torch.Tensor,
+        ids: torch.Tensor,
+        layout: SampleLayout,
+        layer: IMoDLinear,
     ) -> torch.Tensor:
         ctx.save_for_backward(x_in, a, ids, None if x is x_in else x)
-        ctx.layer = layer
+        ctx.layer, ctx.layout = layer, layout
         return F.linear(x_in, a)
 
     @staticmethod
@@ -177,20 +184,21 @@ class _IMoDProjection(torch.autograd.Function):
         x2 = x_in2 if x is None else x.reshape(-1, d)
         blocks, index = layer.partition(a.dtype)
         p = (x2 @ (a * blocks).view(3 * r, d).t()).view(-1, 3, r)  # P_t, P_o, P_s per token
-        weights = _row_weights_of(ids, p.dtype)
+        layout = ctx.layout
+        weights = _row_weights_of(ids, layout, p.dtype)
         scale = _world_size()
         # cols[:, k] = g + E_k; the shared block's E_s (MAAC) is added below.
         cols = torch.addcmul(
             g2.unsqueeze(1) if x is None else torch.zeros_like(p), p, weights.msdc, value=2 * layer.lambda1 * scale
         )
-        if layer.lambda2:
-            seq = ids.shape[-1]
-            g_s = maac_grad(p[:, 2].view(-1, seq, r), weights.mean, weights.rows)  # a strided view, no copy
-            cols[:, 2].add_(g_s.view(-1, r), alpha=layer.lambda2 * scale)
+        if layer.lambda2:  # per sample: a packed row's samples are rows of the per-sample layout
+            s = layout.to_samples(p[:, 2].view(*layout.shape, r))  # a strided view, no copy (unpacked)
+            g_s = layout.to_tokens(maac_grad(s, weights.mean, weights.rows))
+            cols[:, 2].add_(g_s.reshape(-1, r), alpha=layer.lambda2 * scale)
         grad_a = (cols.view(-1, 3 * r).t() @ x2).view(3, r, d).gather(0, index)[0]
         if x is not None:  # dropout: the task gradient sees x̃, the constraints x
             grad_a = grad_a + g2.t() @ x_in2
-        return grad_x, grad_a, None, None, None
+        return grad_x, grad_a, None, None, None, None
 
 
 class IMoDLinear(LowRankLinear, name="imod"):
@@ -225,4 +233,6 @@ class IMoDLinear(LowRankLinear, name="imod"):
         a = self.lora_A
         if not (self.lambda1 or self.lambda2) or not (torch.is_grad_enabled() and a.requires_grad):
             return F.linear(x_in, a)
-        return _IMoDProjection.apply(x_in, a, x if x_in is x else x.detach(), self.ctx.ids_for(x), self)
+        ids = self.ctx.ids_for(x)
+        layout = self.ctx.layout_for(x.reshape(-1, ids.shape[-1], x.shape[-1]))
+        return _IMoDProjection.apply(x_in, a, x if x_in is x else x.detach(), ids, layout, self)

@@ -1,7 +1,8 @@
 """MokA (Wei et al. 2025): modality-specific A matrices, one shared B, question-guided cross-attention in rank space.
 
 Per token of modality m ∈ {text, visual, audio}: a_m = A_m dropout(x) (r-dim). Non-text activations attend to the
-text activations of the question span of the same sample (the modality map's question flags):
+text activations of the question span of the same sample (the modality map's question flags; in a packed row,
+the sample's own segment):
   a_m' = a_m + w · softmax(a_m qᵀ / sqrt(r)) q,   q = [a_t of the question tokens of that sample]  (m ≠ text),
   h = W0 x + s · B (a_t + a_v' + a_a'),   i.e. per token h = W0 x + s · B a'  for its own modality's a'.
 PAD tokens get W0 x only. A sample with no question tokens gets no enhancement (its masked softmax is empty); text
@@ -54,11 +55,14 @@ class MokALinear(MultiLowRankLinear, name="moka"):
         a = (a_all * modality_onehot(ids, a_all.dtype).unsqueeze(-1)).sum(-2)  # each token's own a_m; PAD: 0
         if self.cross_weight:
             shape = (-1, ids.shape[-1], self.rank)  # [N, d] inputs (encoder towers) are one sample
+            layout = self.ctx.layout_for(
+                x.reshape(-1, ids.shape[-1], x.shape[-1])
+            )  # packed rows: attention within each sample
             cross = question_attention(
-                a.reshape(shape),
-                a_all[..., 0, :].reshape(shape),
-                ids.reshape(shape[:2]),
-                self.ctx.question_for(x).reshape(shape[:2]),
+                layout.to_samples(a.reshape(shape)),
+                layout.to_samples(a_all[..., 0, :].reshape(shape)),
+                layout.to_samples(ids.reshape(shape[:2]), int(Modality.PAD)),
+                layout.to_samples(self.ctx.question_for(x).reshape(shape[:2]), False),
             )
-            a = a + self.cross_weight * cross.view_as(a)
+            a = a + self.cross_weight * layout.to_tokens(cross).view_as(a)
         return self.project_up(x, a.unsqueeze(-2))

@@ -19,6 +19,15 @@ class SourceConfig:
     repeat: int = 1
 
 
+BATCHING = {
+    "pad": "each micro-batch padded to its longest sample",
+    "group": "micro-batches drawn from a window of group_batches micro-batches sorted by (modality mix, length), "
+    "in random order (LLaVA's group_by_modality_length)",
+    "pack": "each micro-batch's samples concatenated into rows of at most max_tokens (first-fit decreasing), "
+    "no padding inside a row, attention within each sample",
+}
+
+
 @dataclass
 class DataConfig:
     sources: list[SourceConfig] = field(default_factory=list)
@@ -28,6 +37,9 @@ class DataConfig:
     seed: int = 0
     num_workers: int = 2
     micro_batch_size: int = 4
+    batching: str = "pad"  # pad | group | pack: see BATCHING
+    max_tokens: int = 0  # pack: tokens per packed row (at least model.max_length)
+    group_batches: int = 8  # group: micro-batches per length-grouping window
 
     def validate(self) -> None:
         """Checks each listed source; an empty list is valid here (continual tasks bring their own sources) and
@@ -42,5 +54,11 @@ class DataConfig:
         for key in ("num_frames", "shuffle_buffer", "micro_batch_size"):
             if getattr(self, key) < 1:
                 raise ValueError(f"'data.{key}' must be >= 1, got {getattr(self, key)}")
+        if self.batching not in BATCHING:
+            raise ValueError(f"'data.batching' must be one of {', '.join(BATCHING)}, got '{self.batching}'")
+        if self.batching == "pack" and self.max_tokens < 1:
+            raise ValueError("'data.max_tokens' must be set (>= model.max_length) with data.batching: pack")
+        if self.group_batches < 1:
+            raise ValueError(f"'data.group_batches' must be >= 1, got {self.group_batches}")
         if self.num_workers < 0:
             raise ValueError(f"'data.num_workers' must be >= 0, got {self.num_workers}")

@@ -10,8 +10,9 @@ Usage in the training loop:
 Resume guarantee (exact): after `load_state_dict(s)` with `s` taken after the k-th batch of epoch e, the loader
 yields exactly the batches (same samples, same batch composition) that an uninterrupted run would have yielded after
 its k-th batch of epoch e, and no others; only the interleaving of the workers' batches may differ. It holds for the
-same shards, seed, world size, workers and micro batch size (checked on load). Workers replay their raw streams and
-drop the consumed samples without decoding them, so resuming costs reading, not decoding.
+same shards, seed, world size, workers, micro batch size and batching settings (checked on load). Workers replay
+their raw streams and drop the consumed samples without decoding them (with `group` batching, the samples of an
+interrupted grouping window are decoded again), so resuming costs reading, not decoding.
 """
 
 from __future__ import annotations
@@ -121,7 +122,7 @@ class ShardLoader:
                 self.bad_shards.append(shard)
             if item["batch"] is None:
                 continue
-            self.workers[item["worker"]] = {k: item[k] for k in ("cycle", "offset", "batches")}
+            self.workers[item["worker"]] = {k: item[k] for k in ("cycle", "offset", "done", "batches")}
             self.step += 1
             yield item["batch"]
         if self.step != plan.steps:
@@ -137,6 +138,7 @@ class ShardLoader:
             "num_workers": self.cfg.num_workers,
             "seed": self.cfg.seed,
             "micro_batch_size": self.cfg.micro_batch_size,
+            "batching": [self.cfg.batching, self.cfg.max_tokens, self.cfg.group_batches],
             "shuffle_buffer": self.cfg.shuffle_buffer,
             "num_frames": self.cfg.num_frames,
             "shards": digest,

@@ -8,6 +8,7 @@ to fill the quota, so every rank still runs the same number of steps.
 
 from __future__ import annotations
 
+import functools
 import random
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -46,9 +47,17 @@ def mix(streams: list[Iterator[dict]], weights: list[float], rng: random.Random)
 
 
 class WorkerStream(torch.utils.data.IterableDataset):
-    """Yields dicts {"batch", "worker", "cycle", "offset", "batches", "skipped", "missing", "bad_shards"}: the batch
-    and the worker's position after it (pass, raw samples pulled, batches made). The last item per worker has batch
-    None and only the counts since the last batch. `resume` maps worker -> {cycle, offset, batches}. With `missing`,
+    """Yields dicts {"batch", "worker", "cycle", "offset", "done", "batches", "skipped", "missing", "bad_shards"}:
+    the batch and the worker's position after it (pass, raw samples pulled before the current grouping window,
+    batches handed out from that window, batches made). The last item per worker has batch None and only the
+    counts since the last batch. `resume` maps worker -> {cycle, offset, done, batches}.
+
+    Batching (`data.batching`): every mode forms micro-batches of `micro_batch_size` samples, so the plan's step
+    counts and the exactly-once guarantee do not depend on it. `pad` and `pack` take the stream's samples in order
+    (`pack` joins each micro-batch into packed rows, `AVProcessor.pack`); `group` collects `group_batches`
+    micro-batches' worth of samples (a window), sorts them by modality mix and length, cuts them into
+    micro-batches and hands those out in a seeded random order. Resuming inside a window decodes the window
+    again and drops the batches already handed out. With `missing`,
     samples lose a modality as `pipeline.data.missing` describes; `missing` counts them by the modality lost."""
 
     def __init__(
@@ -65,7 +74,12 @@ class WorkerStream(torch.utils.data.IterableDataset):
         self.missing = missing if missing is not None and missing.rate > 0 else None
         self.encode = getattr(processor, "encode", None)
         self.collate = cast(Any, processor).collate if self.encode is not None else processor
+        if cfg.batching != "pad" and self.encode is None:
+            raise ValueError(f"data.batching: {cfg.batching} needs a processor that encodes samples one by one")
+        if cfg.batching == "pack":
+            self.collate = functools.partial(cast(Any, processor).pack, max_tokens=cfg.max_tokens)
         self.resume = resume or {}
+        self.bad: list[str] = []
 
     def raw(self, share: list[ShardRef], slot: int, cycle: int, skipped: Counter, bad: list[str]) -> Iterator[dict]:
         """The worker's raw (undecoded) sample stream for one pass: sources mixed by weight, then shuffled."""
@@ -105,43 +119,72 @@ class WorkerStream(torch.utils.data.IterableDataset):
             skipped["rejected_by_processor"] += 1
             return None
 
+    def _windows(
+        self, share: list[ShardRef], slot: int, cycle: int, offset: int, done: int, counts: tuple[Counter, Counter]
+    ) -> Iterator[tuple[object, int, int]]:
+        """(batch, offset, done) for each batch of one pass from raw position `offset` on, where (offset, done) is
+        the position to resume from after that batch: the raw samples pulled before its grouping window and the
+        window's batches already handed out (0 at a window's end). `done` > 0 on entry re-forms the interrupted
+        window (its samples are decoded again, not counted again) and drops its first `done` batches."""
+        skipped, missing = counts
+        mbs = self.cfg.micro_batch_size
+        size = mbs * (self.cfg.group_batches if self.cfg.batching == "group" else 1)
+        buffer: list = []
+        start, pulled = offset, offset
+        for pulled, sample in enumerate(self.raw(share, slot, cycle, skipped, self.bad), start=1):
+            if pulled <= offset:
+                continue
+            replay = (Counter(), Counter()) if done else (skipped, missing)
+            item = self._prepare(sample, *replay)
+            if item is not None:
+                buffer.append(item)
+            if len(buffer) < size:
+                continue
+            yield from self._batches_of(buffer, slot, cycle, start, pulled, done)
+            buffer, start, done = [], pulled, 0
+        if len(buffer) >= mbs:  # the pass's last, partial grouping window
+            yield from self._batches_of(buffer[: len(buffer) // mbs * mbs], slot, cycle, start, pulled, done)
+
+    def _batches_of(
+        self, window: list, slot: int, cycle: int, start: int, end: int, done: int
+    ) -> Iterator[tuple[object, int, int]]:
+        """The micro-batches of one window (group: sorted by modality mix and length, then in a seeded random
+        order), from its `done`-th on."""
+        rng = random.Random(f"group-{self.cfg.seed}-{self.epoch}-{slot}-{cycle}-{start}")
+        batches = window_batches(window, self.cfg.micro_batch_size, self.cfg.batching == "group", rng)
+        for k in range(done, len(batches)):
+            last = k + 1 == len(batches)
+            yield self.collate(batches[k]), end if last else start, 0 if last else k + 1
+
     def __iter__(self) -> Iterator[dict]:
         info = torch.utils.data.get_worker_info()
         worker = info.id if info is not None else 0
         slot = self.rank * max(self.cfg.num_workers, 1) + worker
         share, quota = self.plan.shares[slot], self.plan.quotas[worker]
         state = self.resume.get(worker, {"cycle": 0, "offset": 0, "batches": 0})
-        cycle, offset, batches = state["cycle"], state["offset"], state["batches"]
+        cycle, offset, batches, done = state["cycle"], state["offset"], state["batches"], state.get("done", 0)
         skipped: Counter = Counter()
         missing: Counter = Counter()
-        bad: list[str] = []
+        self.bad = []
         while batches < quota:
-            buffer: list = []
             made = 0
-            for pulled, sample in enumerate(self.raw(share, slot, cycle, skipped, bad), start=1):
-                if pulled <= offset:
-                    continue
-                item = self._prepare(sample, skipped, missing)
-                if item is not None:
-                    buffer.append(item)
-                if len(buffer) < self.cfg.micro_batch_size:
-                    continue
-                batch, buffer = self.collate(buffer), []
+            for batch, position, in_window in self._windows(share, slot, cycle, offset, done, (skipped, missing)):
                 batches += 1
                 made += 1
                 yield {
                     "batch": batch,
                     "worker": worker,
                     "cycle": cycle,
-                    "offset": pulled,
+                    "offset": position,
+                    "done": in_window,
                     "batches": batches,
                     "skipped": dict(skipped),
                     "missing": dict(missing),
-                    "bad_shards": list(bad),
+                    "bad_shards": list(self.bad),
                 }
                 skipped.clear()
                 missing.clear()
-                bad.clear()
+                self.bad.clear()
                 if batches == quota:
                     break
             else:
@@ -151,11 +194,28 @@ class WorkerStream(torch.utils.data.IterableDataset):
                         f"data: rank {self.rank} worker {worker}'s shards do not hold one full batch of "
                         f"decodable samples ({names}); see the skip counts"
                     )
-                cycle, offset = cycle + 1, 0
+                cycle, offset, done = cycle + 1, 0, 0
         yield {
             "batch": None,
             "worker": worker,
             "skipped": dict(skipped),
             "missing": dict(missing),
-            "bad_shards": list(bad),
+            "bad_shards": list(self.bad),
         }
+
+
+def window_batches(window: list, size: int, grouped: bool, rng: random.Random) -> list[list]:
+    """A window of samples cut into batches of `size`: in stream order, or (grouped) sorted by `group_key` and
+    handed out in `rng`'s random order."""
+    if grouped:
+        window = sorted(window, key=group_key)
+    batches = [window[i : i + size] for i in range(0, len(window), size)]
+    if grouped:
+        rng.shuffle(batches)
+    return batches
+
+
+def group_key(item) -> tuple[bool, bool, int]:
+    """(has visual input, has audio, tokens) of an encoded sample: what `group` batching sorts a window by."""
+    visual = getattr(item, "images", None) is not None or getattr(item, "video", None) is not None
+    return visual, getattr(item, "audio", None) is not None, len(item.input_ids)

@@ -34,6 +34,7 @@ from pipeline.modality import Modality, ModalityContext, modality_ids
 from pipeline.model.config import CHECKPOINT_KEYS, ModelConfig
 from pipeline.model.encoders import Tower, load_tower
 from pipeline.model.hub import local_dir
+from pipeline.model.loss import chunked_lm_loss, packed_positions, row_segments, shift_targets
 from pipeline.model.processor import PLACEHOLDERS, AVProcessor
 from pipeline.model.projectors import build_projector, tokens_out
 
@@ -67,6 +68,17 @@ def empty_llm(config: PretrainedConfig, dtype: torch.dtype = torch.float32) -> P
     """The causal LM of `config` with its weights on the meta device: shapes and names, no memory."""
     with init_empty_weights():
         return AutoModelForCausalLM.from_config(config, dtype=dtype)
+
+
+def check_packed_call(attention_mask: torch.Tensor | None, llm_kwargs: dict) -> None:
+    """Refuse a packed batch with any argument that makes transformers skip its block-diagonal mask."""
+    if attention_mask is not None:
+        raise ValueError("a packed batch (segment_ids) must not carry an attention_mask: attention would leak")
+    for key in ("position_ids", "past_key_values", "cache"):
+        if llm_kwargs.get(key) is not None:
+            raise ValueError(f"a packed batch (segment_ids) derives its own position ids and uses no cache; got {key}")
+    if llm_kwargs.get("use_cache"):
+        raise ValueError("a packed batch (segment_ids) must run with use_cache=False: attention would leak")
 
 
 class AVLLM(nn.Module):
@@ -260,9 +272,14 @@ class AVLLM(nn.Module):
         return embeds
 
     def set_modality_map(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, question_mask: torch.Tensor | None = None
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        question_mask: torch.Tensor | None = None,
+        segment_ids: torch.Tensor | None = None,
     ) -> None:
-        self.modality_contexts["llm"].set(modality_ids(input_ids, attention_mask, self.media_tokens), question_mask)
+        mask = attention_mask if segment_ids is None else (segment_ids >= 0)
+        self.modality_contexts["llm"].set(modality_ids(input_ids, mask, self.media_tokens), question_mask, segment_ids)
 
     def forward(
         self,
@@ -273,11 +290,41 @@ class AVLLM(nn.Module):
         image_values: torch.Tensor | None = None,
         video_values: torch.Tensor | None = None,
         audio_values: torch.Tensor | None = None,
+        segment_ids: torch.Tensor | None = None,
+        num_items_in_batch: float | torch.Tensor | None = None,
+        loss_chunk_tokens: int = 0,
         **llm_kwargs,
     ) -> CausalLMOutputWithPast:
+        """A padded batch (`attention_mask`) or a packed one (`segment_ids`, from `AVProcessor.pack`: rows holding
+        several samples). A packed batch is run on transformers' packed-sequence path: position ids restarting at
+        every sample, no attention mask and no cache, which is the only call that builds the block-diagonal mask
+        (any other call lets attention leak across samples silently, so it is refused).
+
+        With `labels`, the loss is Σ token losses / `num_items_in_batch` (default: the number of label tokens);
+        `loss_chunk_tokens` > 0 computes it over the label positions only, in chunks, and returns no logits
+        (`pipeline.model.loss`)."""
         embeds = self.embed(input_ids, image_values, video_values, audio_values)
-        self.set_modality_map(input_ids, attention_mask, question_mask)
-        return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **llm_kwargs)
+        if segment_ids is not None:
+            check_packed_call(attention_mask, llm_kwargs)
+            llm_kwargs.update(position_ids=packed_positions(segment_ids), use_cache=False)
+            segments = segment_ids
+        else:
+            mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+            segments = row_segments(mask)
+        self.set_modality_map(input_ids, attention_mask, question_mask, segments)
+        if labels is None:
+            return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, **llm_kwargs)
+        targets = shift_targets(labels, segments)
+        if loss_chunk_tokens:
+            hidden = self.llm.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask, **llm_kwargs)[0]
+            head = self.llm.get_output_embeddings()
+            loss = chunked_lm_loss(hidden, head, targets, self.llm.config, loss_chunk_tokens, num_items_in_batch)
+            return CausalLMOutputWithPast(loss=loss)
+        if num_items_in_batch is not None:
+            llm_kwargs["num_items_in_batch"] = num_items_in_batch
+        return self.llm(
+            inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, shift_labels=targets, **llm_kwargs
+        )
 
     @torch.no_grad()
     def generate(

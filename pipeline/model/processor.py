@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 import torch
@@ -247,5 +248,57 @@ class AVProcessor:
             "audio_values": cat([e.audio for e in encoded]),
         }
 
+    def pack(self, encoded: list[EncodedSample], max_tokens: int) -> dict[str, torch.Tensor | None]:
+        """Concatenate the samples into as few rows of at most `max_tokens` tokens as first-fit decreasing finds
+        (a longer sample gets a row of its own). No padding inside a row; rows shorter than the longest are padded
+        at the end. `segment_ids` [R, L] gives each token's sample (numbered in row-major order, -1 at padding);
+        the model derives restarting position ids from it and attends within a sample only. No attention mask: a
+        packed batch must not get one (`AVLLM.forward` refuses it)."""
+        rows = first_fit_decreasing([len(e.input_ids) for e in encoded], max_tokens)
+        order = [encoded[i] for row in rows for i in row]
+        segment, seg_rows = 0, list[list[int]]()
+        for row in rows:
+            seg_rows.append([])
+            for i in row:
+                seg_rows[-1] += [segment] * len(encoded[i].input_ids)
+                segment += 1
+        joined = [
+            EncodedSample(
+                [t for i in row for t in encoded[i].input_ids],
+                [t for i in row for t in encoded[i].labels],
+                [q for i in row for q in encoded[i].question],
+                None,
+                None,
+                None,
+            )
+            for row in rows
+        ]
+        batch = self.collate(joined)
+        del batch["attention_mask"]
+        length = cast(torch.Tensor, batch["input_ids"]).shape[1]
+        batch["segment_ids"] = torch.tensor([r + [-1] * (length - len(r)) for r in seg_rows])
+        for key, field_name in (("image_values", "images"), ("video_values", "video"), ("audio_values", "audio")):
+            present = [getattr(e, field_name) for e in order if getattr(e, field_name) is not None]
+            batch[key] = torch.cat(present) if present else None
+        return batch
+
     def __call__(self, samples: list[AVSample], padding_side: str = "right") -> dict[str, torch.Tensor | None]:
         return self.collate([self.encode(s) for s in samples], padding_side=padding_side)
+
+
+def first_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Bin packing of item lengths into bins of `capacity`: the indices in each bin, longest item first. Items are
+    placed longest first into the first bin with room (an item longer than `capacity` gets a bin of its own);
+    ties keep the input order, so the result is a deterministic function of the lengths."""
+    bins: list[list[int]] = []
+    free: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        for b, room in enumerate(free):
+            if lengths[i] <= room:
+                bins[b].append(i)
+                free[b] -= lengths[i]
+                break
+        else:
+            bins.append([i])
+            free.append(capacity - lengths[i])
+    return bins

@@ -55,6 +55,8 @@ class TrainConfig:
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
     collective_timeout_minutes: float = 30.0  # a collective that waits longer for a rank ends the job (dead peer)
     existing_run: str = "refuse"  # output_dir already holds a run that this one would restart: refuse | move (aside)
+    chunked_loss: bool = True  # LM head + cross-entropy over label positions only, in chunks (pipeline.model.loss)
+    loss_chunk_tokens: int = 1024  # label positions per chunk of the chunked loss
 
     def validate(self) -> None:
         if self.device not in ("auto", "cuda", "cpu"):
@@ -65,6 +67,8 @@ class TrainConfig:
                 f"train.collective_timeout_minutes: must be > 0 (minutes, fractions allowed), "
                 f"got {self.collective_timeout_minutes}"
             )
+        if self.loss_chunk_tokens < 1:
+            raise ValueError(f"train.loss_chunk_tokens: must be >= 1, got {self.loss_chunk_tokens}")
         if self.existing_run not in EXISTING_RUN:
             raise ValueError(f"train.existing_run: '{self.existing_run}' is not one of {', '.join(EXISTING_RUN)}")
         for key, least in (
@@ -150,6 +154,11 @@ class RunConfig:
             raise ValueError(
                 f"data.num_frames={self.data.num_frames} differs from model.num_frames="
                 f"{self.model.num_frames}; set both to the frames the model takes"
+            )
+        if self.data.batching == "pack" and self.data.max_tokens < self.model.max_length:
+            raise ValueError(
+                f"data.max_tokens={self.data.max_tokens} is below model.max_length={self.model.max_length}: "
+                "a packed row must hold the longest sample; raise data.max_tokens"
             )
         if self.continual.tasks and self.stage != 2:
             raise ValueError("continual.tasks: a task sequence instruction-tunes adapters; set stage: 2")

@@ -9,6 +9,11 @@ uninterrupted run would have seen next. A non-finite loss on any rank drops that
 backward, so ranks stay in step); after `train.max_bad_steps` in a row the run saves a checkpoint and stops.
 SIGTERM or SIGUSR1 (a cluster's preemption or time-limit warning) stops every rank after the current step with a
 complete checkpoint (`pipeline.train.preempt`).
+
+Loss normalisation: the step's loss is the mean over all label tokens of the window (every micro-batch on every
+rank), whatever the split into micro-batches, packed rows and ranks: `window_items` counts them once per window
+before the first forward (a micro-batch that replaces a dropped one keeps the window's count). The logged loss is
+that mean.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from pipeline.adapters import AttachReport, adapter_layers, aux_loss
 from pipeline.adapters.dominance import DominanceProbe
 from pipeline.config import save_config, to_dict
 from pipeline.data.loader import ShardLoader
+from pipeline.model.loss import count_targets
 from pipeline.rundir import RunDir, write_trainables
 from pipeline.train.checkpoint import CheckpointError, damage, load_checkpoint, save_checkpoint
 from pipeline.train.config import RunConfig
@@ -160,7 +166,8 @@ def _resume_point(cfg: RunConfig, run_dir: RunDir, notes: list[str]) -> Path | N
 class Window:
     """The micro-batches of one optimizer step on this rank (the gradient accumulation window)."""
 
-    loss: float = 0.0  # sum of the micro-batches' reported losses
+    loss: float = 0.0  # sum of the micro-batches' reported losses (Σ token losses / items each)
+    items: float | None = None  # the window's label tokens / (gas x world): see `window_items`
     tokens: int = 0  # attended tokens
     micro: int = 0  # micro-batches that counted (a dropped non-finite one does not)
     dominance: float | None = None  # the Non-Text Dominance Rate, when this step probes it
@@ -319,16 +326,24 @@ def prepare(cfg: RunConfig, start_from: Path | None, task: int, stop: StopReques
 
 
 def run_steps(s: Session) -> None:
-    """Optimizer steps until `s.total`, epoch after epoch. The epoch's batches are closed when a step raises (a
-    stop), so the DataLoader workers shut down now, not during interpreter exit."""
+    """Optimizer steps until `s.total`, epoch after epoch. The micro-batches of a window are gathered before the
+    first forward, so that their global label-token count normalises every one of them (`window_items`). The epoch's
+    batches are closed when a step raises (a stop), so the DataLoader workers shut down now, not at interpreter exit."""
     gas = s.cfg.optim.gradient_accumulation_steps
     window = Window()
+    pending: list[dict] = []
     while s.step < s.total:
         with closing(s.loader.__iter__()) as batches:  # a generator: closed on the way out
             for batch in batches:
-                if not micro_step(s, _to_device(batch, s.device), window):
+                pending.append(_to_device(batch, s.device))
+                if len(pending) < gas - window.micro:
                     continue
-                if window.micro < gas:
+                if window.items is None:
+                    window.items = window_items(pending, s.device, s.world, gas)
+                for micro in pending:
+                    micro_step(s, micro, window)
+                pending = []
+                if window.micro < gas:  # a non-finite micro-batch was dropped: the next one takes its place
                     continue
                 end_step(s, window)
                 window = Window()
@@ -336,16 +351,39 @@ def run_steps(s: Session) -> None:
                     break
 
 
+def window_items(batches: list[dict], device: torch.device, world: int, gas: int) -> float:
+    """The divisor of each micro-batch's summed token losses: the label tokens of the whole window (these
+    micro-batches on every rank) / (gas x world). DeepSpeed divides each micro-batch's loss by gas and averages the
+    gradients over the ranks, so the step's gradient is ∇(Σ token losses) / (label tokens of the window), however
+    the window's samples are split into micro-batches, rows and ranks (HF Trainer's `num_items_in_batch`)."""
+    total = _all_sum([float(sum(count_targets(b) for b in batches))], device)[0]
+    return max(total, 1.0) / (gas * world)
+
+
+def forward_backward(engine: deepspeed.DeepSpeedEngine, batch: dict, items: float, chunk: int) -> torch.Tensor | None:
+    """Forward with the window's normalisation; backward (task loss plus the adapters' auxiliary losses) unless the
+    loss is non-finite on some rank. Returns the loss, or None when it was dropped on every rank."""
+    loss = engine(**batch, num_items_in_batch=items, loss_chunk_tokens=chunk).loss
+    world = dist.get_world_size()
+    if _all_sum([float(torch.isfinite(loss))], loss.device)[0] != world:
+        return None
+    engine.backward(loss + aux_loss(engine.module))  # auxiliary losses train the adapters, not the report
+    return loss
+
+
+def _attended_tokens(batch: dict) -> int:
+    segments = batch.get("segment_ids")
+    return int((segments >= 0).sum()) if segments is not None else int(batch["attention_mask"].sum())
+
+
 def micro_step(s: Session, batch: dict, window: Window) -> bool:
     """Forward and backward of one micro-batch into `window`; False when a non-finite loss dropped it everywhere."""
     engine = s.engine
     probing = s.dominance_every and window.micro == 0 and (s.step + 1) % s.dominance_every == 0
+    chunk = s.cfg.train.loss_chunk_tokens if s.cfg.train.chunked_loss else 0
     with DominanceProbe(engine.module) if probing else nullcontext() as probe:
-        loss = engine(**batch).loss
-        finite = _all_sum([float(torch.isfinite(loss))], s.device)[0] == s.world
-        if finite:  # auxiliary adapter losses (LoRAMoE's balance loss) train the adapters, not the report
-            engine.backward(loss + aux_loss(engine.module))
-    if not finite:
+        loss = forward_backward(engine, batch, window.items or 1.0, chunk)  # run_steps sets items first
+    if loss is None:
         s.bad_in_row += 1
         s.dropped += 1
         s.log.note(f"step {s.step + 1}: non-finite loss on some rank, micro-batch dropped ({s.bad_in_row} in a row)")
@@ -359,7 +397,7 @@ def micro_step(s: Session, batch: dict, window: Window) -> bool:
     s.bad_in_row = 0
     engine.step()  # DeepSpeed steps the optimizer only at the window's last micro-batch
     window.loss += loss.item()
-    window.tokens += int(batch["attention_mask"].sum())
+    window.tokens += _attended_tokens(batch)
     window.micro += 1
     if probe is not None:
         window.dominance = _all_sum([probe.result().rate], s.device)[0] / s.world

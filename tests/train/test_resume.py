@@ -8,6 +8,7 @@ import signal
 import subprocess
 import time
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -16,19 +17,23 @@ from tests.train.conftest import REPO, common_overrides, launch_env, metrics, ru
 CONFIG = REPO / "configs/demo/stage1.yaml"
 
 
-def overrides(train_data, out):
+BATCHING = {"pad": {}, "pack": {"data.batching": "pack", "data.max_tokens": 4096}}
+
+
+def overrides(train_data, out, batching: str = "pad"):
     # 4 optimizer steps per epoch on 2 ranks: 10 steps cross two epoch boundaries; accumulation 2 on top.
     return common_overrides(train_data, out, max_steps=10, **{"train.epochs": 3, "train.save_every": 2,
                                                               "train.keep_last": 2, "data.micro_batch_size": 2,
                                                               "optim.gradient_accumulation_steps": 2,
-                                                              "data.num_workers": 2})
+                                                              "data.num_workers": 2, **BATCHING[batching]})
 
 
-def test_sigkill_then_resume_auto_equals_uninterrupted(train_data, tmp_path):
-    straight = run_train(CONFIG, overrides(train_data, tmp_path / "straight"))
+@pytest.mark.parametrize("batching", BATCHING)
+def test_sigkill_then_resume_auto_equals_uninterrupted(train_data, tmp_path, batching):
+    straight = run_train(CONFIG, overrides(train_data, tmp_path / "straight", batching))
 
     out = tmp_path / "killed"
-    proc = subprocess.Popen(train_cmd(CONFIG, overrides(train_data, out)), cwd=REPO, env=launch_env(),
+    proc = subprocess.Popen(train_cmd(CONFIG, overrides(train_data, out, batching)), cwd=REPO, env=launch_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     marker = out / "checkpoints" / "step-4" / "COMPLETE"
     deadline = time.time() + 240
@@ -41,7 +46,7 @@ def test_sigkill_then_resume_auto_equals_uninterrupted(train_data, tmp_path):
     # a checkpoint half-written by a crash (no COMPLETE marker) must be ignored
     (out / "checkpoints" / "step-9").mkdir()
 
-    resumed = run_train(CONFIG, overrides(train_data, out))
+    resumed = run_train(CONFIG, overrides(train_data, out, batching))
     assert [r["step"] for r in metrics(resumed)] == list(range(1, 11))
     a = load_file(straight / "final/trainables.safetensors")
     b = load_file(resumed / "final/trainables.safetensors")

@@ -1,0 +1,239 @@
+"""Packing benchmark: useful tokens/s of pad, group and pack batching on the same samples, their padding fractions,
+and the peak memory of the chunked loss against the plain full-logits loss at a large vocabulary.
+
+    python benchmarks/packing.py [--samples 64] [--batch 8] [--max-tokens 4096] [--json PATH]
+
+Length mix (stated, LLaVA-Instruct-like; tokens after media expansion): text of every sample log-normal with median
+120 tokens (sigma 0.8, clipped to [16, 1024]), 30% text-only, 40% one image (144 tokens: 576 patch tokens pooled
+2x2), 30% an 8-frame video (8 x 64 tokens) with its audio (8 windows x 25 tokens). The samples are `EncodedSample`s
+with random token ids (the LLM's cost does not depend on which ids, and towers are not what this measures); the
+micro-batches are formed as the loader forms them (`window_batches`; group over windows of 4 micro-batches) and
+collated by `AVProcessor.collate` / `AVProcessor.pack`; each is trained (forward and backward, chunked loss, LoRA on
+all linear layers) through `AVLLM.forward`, on a CPU-sized Llama (6 layers, width 384, vocabulary 8k). Useful tokens
+are the non-pad ones (prompt + answer + media). Each mode is timed as the best of --trials passes over all its
+micro-batches (other jobs on a shared machine only slow a pass down).
+
+Memory: in a fresh subprocess each, the plain loss (LM head over every position, then transformers'
+`ForCausalLMLoss`) and the chunked loss (`pipeline.model.loss.chunked_lm_loss`, chunks of `train.loss_chunk_tokens`)
+run forward and backward on 4096 positions (1024 of them labelled) at a 152k vocabulary and width 256; the figure is
+the growth of the process's peak RSS over its RSS just before the loss.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.adapters import AdapterConfig, attach, mark_trainable  # noqa: E402
+from pipeline.data.stream import window_batches  # noqa: E402
+from pipeline.model.avllm import AVLLM  # noqa: E402
+from pipeline.model.config import ModelConfig  # noqa: E402
+from pipeline.model.processor import IGNORE_INDEX, AVProcessor, EncodedSample  # noqa: E402
+from pipeline.testing.tiny import write_tiny  # noqa: E402
+from pipeline.train.config import TrainConfig  # noqa: E402
+
+GROUP_BATCHES = 4  # data.group_batches
+VOCAB_MEMORY, WIDTH_MEMORY, TOKENS_MEMORY, LABELS_MEMORY = 152_064, 256, 4096, 1024
+
+
+def length_mix(n: int, seed: int) -> list[tuple[str, int, int]]:
+    """(kind, prompt tokens, answer tokens) of n samples drawn from the stated mix."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        kind = rng.choice(["text", "image", "video"], p=[0.3, 0.4, 0.3])
+        text = int(np.clip(rng.lognormal(np.log(120), 0.8), 16, 1024))
+        media = {"text": 0, "image": 144, "video": 8 * 64 + 8 * 25}[kind]
+        answer = max(4, text // 3)
+        out.append((str(kind), text - answer + media, answer))
+    return out
+
+
+class Marker:
+    """Stands for a sample's media in `group_key` (present / absent); no media values are spliced here."""
+
+
+def encoded(mix: list[tuple[str, int, int]], vocab: int, media: set[int], seed: int) -> list[EncodedSample]:
+    """Random token ids (never a media placeholder id: no media values are spliced here)."""
+    gen = torch.Generator().manual_seed(seed)
+    samples = []
+    for kind, prompt, answer in mix:
+        ids = [3 if t in media else t for t in torch.randint(3, vocab, (prompt + answer,), generator=gen).tolist()]
+        labels = [IGNORE_INDEX] * prompt + ids[prompt:]
+        sample = EncodedSample(ids, labels, [False] * len(ids), None, None, None)
+        samples.append((sample, kind))
+    return samples
+
+
+def micro_batches(samples, batch: int, mode: str, max_tokens: int, processor: AVProcessor) -> list[dict]:
+    """As the loader forms them: windows of 4 micro-batches for group, one micro-batch otherwise."""
+    window = batch * (GROUP_BATCHES if mode == "group" else 1)
+    samples = samples[: len(samples) // (batch * GROUP_BATCHES) * batch * GROUP_BATCHES]  # the same in every mode
+    out = []
+    rng = random.Random(0)
+    for start in range(0, len(samples) - window + 1, window):
+        items = samples[start : start + window]
+        keyed = [_Keyed(s, kind) for s, kind in items]
+        for part in window_batches(keyed, batch, mode == "group", rng):
+            encoded_part = [k.sample for k in part]
+            out.append(processor.pack(encoded_part, max_tokens) if mode == "pack" else processor.collate(encoded_part))
+    return out
+
+
+class _Keyed:
+    """An encoded sample with media presence for `group_key` (images for an image, video and audio for a video)."""
+
+    def __init__(self, sample: EncodedSample, kind: str) -> None:
+        self.sample, self.input_ids = sample, sample.input_ids
+        self.images = Marker() if kind == "image" else None
+        self.video = self.audio = Marker() if kind == "video" else None
+
+
+def useful_and_total(batch: dict) -> tuple[int, int]:
+    if "segment_ids" in batch:
+        return int((batch["segment_ids"] >= 0).sum()), batch["segment_ids"].numel()
+    return int(batch["attention_mask"].sum()), batch["attention_mask"].numel()
+
+
+def build_model(vocab: int) -> AVLLM:
+    """A CPU-sized Llama inside the real AVLLM (the tiny tokenizer, no towers) with LoRA on the LLM's linear layers."""
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        hidden_size=384,
+        intermediate_size=1024,
+        num_hidden_layers=6,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        vocab_size=vocab,
+        attn_implementation="sdpa",
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        write_tiny(Path(tmp), "llama")
+        model = AVLLM(ModelConfig(llm=Path(tmp) / "llm"), llm=LlamaForCausalLM(cfg))
+    attach(model, AdapterConfig(name="lora", rank=8, scope=["llm"]))
+    mark_trainable(model)
+    return model.train()
+
+
+def time_mode(model, batches: list[dict], trials: int, chunk: int) -> float:
+    best = float("inf")
+    for _ in range(trials):
+        start = time.perf_counter()
+        for batch in batches:
+            model(**batch, loss_chunk_tokens=chunk).loss.backward()
+        model.zero_grad(set_to_none=True)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def rss_kib() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+def memory_probe(kind: str) -> None:
+    """Run in a subprocess: peak RSS growth (KiB) of one loss forward + backward; prints it."""
+    from torch import nn
+    from transformers.loss.loss_utils import ForCausalLMLoss
+
+    from pipeline.model.loss import chunked_lm_loss, head_logits
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    head = nn.Linear(WIDTH_MEMORY, VOCAB_MEMORY, bias=False).requires_grad_(False)
+    hidden = torch.randn(1, TOKENS_MEMORY, WIDTH_MEMORY, requires_grad=True)
+    targets = torch.full((1, TOKENS_MEMORY), IGNORE_INDEX)
+    targets[0, -LABELS_MEMORY:] = torch.randint(0, VOCAB_MEMORY, (LABELS_MEMORY,))
+    config = type("Config", (), {})()
+    base = rss_kib()
+    if kind == "plain":
+        loss = ForCausalLMLoss(head_logits(head, hidden, config), None, VOCAB_MEMORY, shift_labels=targets)
+    else:
+        loss = chunked_lm_loss(hidden, head, targets, config, TrainConfig().loss_chunk_tokens)
+    loss.backward()
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base)
+
+
+def peak_memory(kind: str) -> int:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(
+        [sys.executable, __file__, "--memory-probe", kind], env=env, capture_output=True, text=True, check=True
+    )
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=8, help="micro_batch_size")
+    parser.add_argument("--max-tokens", type=int, default=4096, help="data.max_tokens for pack")
+    parser.add_argument("--trials", type=int, default=2)
+    parser.add_argument("--vocab", type=int, default=8192)
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--memory-probe", choices=["plain", "chunked"], help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.memory_probe:
+        memory_probe(args.memory_probe)
+        return {}
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", 1)))
+    model = build_model(args.vocab)
+    processor = model.build_processor()
+    samples = encoded(length_mix(args.samples, seed=0), args.vocab, set(processor.token_ids.values()), seed=0)
+    chunk = TrainConfig().loss_chunk_tokens
+    rows = {}
+    for mode in ("pad", "group", "pack"):
+        batches = micro_batches(samples, args.batch, mode, args.max_tokens, processor)
+        useful = sum(useful_and_total(b)[0] for b in batches)
+        total = sum(useful_and_total(b)[1] for b in batches)
+        seconds = time_mode(model, batches, args.trials, chunk)
+        rows[mode] = {
+            "useful_tokens_per_s": useful / seconds,
+            "pad_fraction": 1 - useful / total,
+            "seconds": seconds,
+            "useful_tokens": useful,
+            "batches": len(batches),
+        }
+    plain, chunked = peak_memory("plain"), peak_memory("chunked")
+    result = {
+        "pack_over_pad": rows["pack"]["useful_tokens_per_s"] / rows["pad"]["useful_tokens_per_s"],
+        "group_over_pad": rows["group"]["useful_tokens_per_s"] / rows["pad"]["useful_tokens_per_s"],
+        "pad_fraction_pack": rows["pack"]["pad_fraction"],
+        "pad_fraction_pad": rows["pad"]["pad_fraction"],
+        "chunked_loss_memory_ratio": chunked / plain,
+        "modes": rows,
+        "loss_peak_rss_mib": {"plain": plain / 1024, "chunked": chunked / 1024},
+        "load_average": os.getloadavg()[0],
+    }
+    print("| mode | useful tokens/s | x pad | padding | batches |\n|---|---|---|---|---|")
+    for mode, row in rows.items():
+        ratio = row["useful_tokens_per_s"] / rows["pad"]["useful_tokens_per_s"]
+        print(
+            f"| {mode} | {row['useful_tokens_per_s']:.0f} | {ratio:.2f} | {row['pad_fraction']:.1%} | "
+            f"{row['batches']} |"
+        )
+    print(
+        f"loss peak RSS growth at vocab {VOCAB_MEMORY}, {TOKENS_MEMORY} positions ({LABELS_MEMORY} labelled): "
+        f"plain {plain / 1024:.0f} MiB, chunked {chunked / 1024:.0f} MiB (ratio {chunked / plain:.2f}); "
+        f"load average {result['load_average']:.1f}"
+    )
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

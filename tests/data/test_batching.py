@@ -1,0 +1,114 @@
+"""Batching modes (`data.batching: group | pack`) keep the loader's guarantees: equal steps on every rank, every
+sample at most once (exactly once when no rank's share is truncated), exact resume (also inside a grouping window);
+`group` cuts padding, `pack` joins each micro-batch into rows of at most `max_tokens`."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pytest
+
+from pipeline.data.loader import ShardLoader
+from pipeline.model.processor import first_fit_decreasing
+from tests.data.conftest import config
+from tests.data.test_loader import _all_keys
+
+
+@dataclass
+class Encoded:
+    key: str
+    input_ids: list[int]
+    images: object
+    video: object
+    audio: object
+
+
+class Lengths:
+    """A test processor: a sample's 'tokens' are its text plus a fixed count per medium; batches name the keys."""
+
+    def encode(self, sample) -> Encoded:
+        text = sum(len(t["value"]) for t in sample.conversations)
+        media = 40 * len(sample.images) + 200 * (sample.video is not None) + 60 * (sample.audio is not None)
+        return Encoded(sample.meta["key"], [0] * (text + media), sample.images or None, sample.video, sample.audio)
+
+    def collate(self, items: list[Encoded]) -> dict:
+        return {"ids": [e.key for e in items], "lengths": [len(e.input_ids) for e in items]}
+
+    def pack(self, items: list[Encoded], max_tokens: int) -> dict:
+        rows = first_fit_decreasing([len(e.input_ids) for e in items], max_tokens)
+        return {"ids": [items[i].key for row in rows for i in row],
+                "rows": [sum(len(items[i].input_ids) for i in row) for row in rows]}
+
+
+MODES = {"group": {"batching": "group", "group_batches": 3}, "pack": {"batching": "pack", "max_tokens": 700}}
+
+
+def loader(dirs, rank: int, world: int, **kw) -> ShardLoader:
+    settings = {"num_workers": 2, "micro_batch_size": 2, "shuffle_buffer": 4, **kw}
+    return ShardLoader(config(*dirs, **settings), Lengths(), rank, world)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_equal_steps_and_each_sample_at_most_once_with_uneven_shards(shards, mode):
+    """music_avqa (8x4) + llava (4x2) + audiocaps (4x2) over 2 ranks x 2 workers: equal steps per rank as planned,
+    no sample twice; with pack the micro-batches are exactly those of pad."""
+    dirs = (shards["music_avqa"], shards["llava"], shards["audiocaps"])
+    per_mode = {}
+    for name, kw in (("pad", {}), (mode, MODES[mode])):
+        batches, steps = [], []
+        for rank in range(2):
+            one = loader(dirs, rank, 2, **kw)
+            mine = [b for b in one]
+            assert len(mine) == one.steps_per_epoch
+            steps.append(len(mine))
+            batches += mine
+        assert len(set(steps)) == 1 and steps[0] > 0
+        seen = [k for b in batches for k in b["ids"]]
+        assert len(seen) == len(set(seen)) and set(seen) <= set(_all_keys(*dirs))
+        per_mode[name] = batches
+    if mode == "pack":
+        assert sorted(sorted(b["ids"]) for b in per_mode["pack"]) == sorted(sorted(b["ids"]) for b in per_mode["pad"])
+        assert all(r <= 700 for b in per_mode["pack"] for r in b["rows"])
+    else:  # same number of batches, less padding
+        def padding(batches):
+            return sum(max(b["lengths"]) * len(b["lengths"]) - sum(b["lengths"]) for b in batches)
+
+        assert len(per_mode["group"]) == len(per_mode["pad"])
+        assert padding(per_mode["group"]) < padding(per_mode["pad"])
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_every_sample_exactly_once_when_no_share_is_truncated(shards, mode):
+    seen = [k for rank in range(2) for b in loader([shards["music_avqa"]], rank, 2, **MODES[mode]) for k in b["ids"]]
+    assert sorted(seen) == sorted(_all_keys(shards["music_avqa"]))
+
+
+@pytest.mark.parametrize("mode,k", [("group", 1), ("group", 2), ("pack", 3)])
+def test_resume_continues_exactly(shards, mode, k):
+    """Stop after k batches (group: inside a 3-batch window), restore from the json state: the union is one epoch
+    with the same batches."""
+    dirs = (shards["music_avqa"], shards["llava"])
+
+    def make() -> ShardLoader:
+        return loader(dirs, 0, 1, **MODES[mode])
+
+    full = [tuple(b["ids"]) for b in make()]
+    first = make()
+    head = []
+    for batch in first:
+        head.append(tuple(batch["ids"]))
+        if len(head) == k:
+            break
+    state = json.loads(json.dumps(first.state_dict()))
+    resumed = make()
+    resumed.load_state_dict(state)
+    tail = [tuple(b["ids"]) for b in resumed]
+    assert len(head) + len(tail) == len(full) == resumed.steps_per_epoch
+    assert sorted(head + tail) == sorted(full)
+
+
+def test_resume_refuses_other_batching(shards):
+    state = loader([shards["music_avqa"]], 0, 1, **MODES["pack"]).state_dict()
+    with pytest.raises(ValueError, match="'batching'"):
+        loader([shards["music_avqa"]], 0, 1).load_state_dict(state)
