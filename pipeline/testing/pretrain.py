@@ -43,12 +43,13 @@ FILLERS = {
 }
 
 
-IMAGE_KINDS = ("exists", *scenes.CHOICE_KINDS)  # one slot each beside the PRETRAIN_QA templates
+IMAGE_SLOTS = 2  # beside the PRETRAIN_QA templates: a POPE-style question, an MMBench-style one (any kind)
 
 
-def image_question(kind: str, rng: np.random.Generator) -> tuple[str, str]:
-    """A synthetic image question of `kind` in its benchmark's prompt (the image left out) and a random answer that
-    fits it: yes/no, or any option letter."""
+def image_question(choice: bool, rng: np.random.Generator) -> tuple[str, str]:
+    """A synthetic image question, MMBench-style if `choice` else POPE-style, in its benchmark's prompt (the image
+    left out) and a random answer that fits it: yes/no, or any option letter."""
+    kind = scenes.CHOICE_KINDS[rng.integers(len(scenes.CHOICE_KINDS))] if choice else "exists"
     answers, letters = scenes.ANSWERS[kind], range(len(scenes.LETTERS))
     answer, asked = answers[rng.integers(len(answers))], scenes.SHAPES[rng.integers(len(scenes.SHAPES))]
     count = scenes.COUNTS.index(answer) + 1 if kind == "count" else int(rng.integers(1, 5))
@@ -69,13 +70,13 @@ def pretrain_llm(
         return options[int(torch.randint(len(options), (1,), generator=rng))]
 
     def conversation() -> str:
-        slot = int(torch.randint(len(PRETRAIN_QA) + len(IMAGE_KINDS), (1,), generator=rng))
+        slot = int(torch.randint(len(PRETRAIN_QA) + IMAGE_SLOTS, (1,), generator=rng))
         if slot < len(PRETRAIN_QA):
             question, answers = PRETRAIN_QA[slot]
             fill = {k: pick(v) for k, v in FILLERS.items()}
             prompt, reply = question.format(**fill), pick(answers).format(**fill)
         else:
-            prompt, reply = image_question(IMAGE_KINDS[slot - len(PRETRAIN_QA)], np_rng)
+            prompt, reply = image_question(slot > len(PRETRAIN_QA), np_rng)
         messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}]
         return tokenizer.apply_chat_template(messages, tokenize=False)
 
