@@ -14,7 +14,7 @@ from pathlib import Path
 import av
 import numpy as np
 import soundfile as sf
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from pipeline.media import SAMPLE_RATE
 
@@ -26,6 +26,8 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "yellow": (240, 220, 30),
 }
 TIMBRES = ("sine", "square", "saw", "noise")
+SHAPES = ("square", "circle", "triangle", "diamond", "cross")
+CELLS = ("top left", "top right", "bottom left", "bottom right")  # the image's quadrants, one shape at most each
 
 
 @dataclass
@@ -87,6 +89,50 @@ def frame(colour: str | None, side: str, y: int) -> np.ndarray:
         x = 6 if side == "left" else SIZE - 26
         img[y : y + 20, x : x + 20] = COLOURS[colour]
     return img
+
+
+def _outline(kind: str, x: int, y: int, size: int) -> list[tuple[int, int]]:
+    """The polygon of a shape in the box (x, y, size); the circle is drawn as an ellipse instead."""
+    s, m, t = size, size // 2, size // 3
+    points = {
+        "square": [(0, 0), (s, 0), (s, s), (0, s)],
+        "triangle": [(m, 0), (s, s), (0, s)],
+        "diamond": [(m, 0), (s, m), (m, s), (0, m)],
+        "cross": [
+            (t, 0),
+            (s - t, 0),
+            (s - t, t),
+            (s, t),
+            (s, s - t),
+            (s - t, s - t),
+            (s - t, s),
+            (t, s),
+            (t, s - t),
+            (0, s - t),
+            (0, t),
+            (t, t),
+        ],
+    }[kind]
+    return [(x + px, y + py) for px, py in points]
+
+
+def scene(objects: list[tuple[str, str, str]], jitter: tuple[int, int] = (0, 0), size: int = 22) -> np.ndarray:
+    """A 64x64 RGB image of up to four (shape, colour, cell) objects on grey, each centred in its quadrant of CELLS
+    and moved by `jitter` pixels (x, y)."""
+    img = Image.new("RGB", (SIZE, SIZE), (40, 40, 40))
+    draw = ImageDraw.Draw(img)
+    half = SIZE // 2
+    for kind, colour, cell in objects:
+        row, col = divmod(CELLS.index(cell), 2)
+        x = col * half + (half - size) // 2 + jitter[0]
+        y = row * half + (half - size) // 2 + jitter[1]
+        if kind == "circle":
+            draw.ellipse([x, y, x + size - 1, y + size - 1], fill=COLOURS[colour])
+        elif kind in SHAPES:
+            draw.polygon(_outline(kind, x, y, size - 1), fill=COLOURS[colour])
+        else:
+            raise ValueError(f"unknown shape {kind!r} (known: {', '.join(SHAPES)})")
+    return np.asarray(img)
 
 
 def frames(clip: Clip) -> list[np.ndarray]:

@@ -1,10 +1,11 @@
 """A small dataset in each real raw format (MUSIC-AVQA, AVE, LLaVA json, AudioCaps csv) with real media files.
 
-`python -m data_prep.synthetic --out DIR [--n N] [--seed S]` writes DIR/{music_avqa,ave,llava,audiocaps}, each with a
-train split of about N items and a held-out test split (other clips) of N//4 (at least 4). Every answer is determined by
-the media and the answers are balanced, so the question text alone cannot answer (see the tiny-model notes): the
-colour of the square, its side, how many beeps, whether the beeps come before or after the square appears, which is
-louder (beeps or hum), the event's timbre and time range, high vs low pitch.
+`python -m data_prep.synthetic --out DIR [--n N] [--seed S]` writes DIR/{music_avqa,ave,llava,audiocaps,image_qa},
+each with a train split of about N items and a held-out test split (other clips) of N//4 (at least 4). Every answer is
+determined by the media and the answers are balanced, so the question text alone cannot answer (see the tiny-model
+notes): the colour of the square, its side, how many beeps, whether the beeps come before or after the square appears,
+which is louder (beeps or hum), the event's timbre and time range, high vs low pitch; and in image_qa (LLaVA json +
+jpg, POPE- and MMBench-style questions, `data_prep.scenes`) which shapes and colours are present, where, how many.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
-from data_prep import render
+from data_prep import render, scenes
+from data_prep.balance import balanced
 from data_prep.render import Beep, Clip
 
 NUMBERS = ("zero", "one", "two", "three", "four")
@@ -33,12 +36,6 @@ AVE_EVENTS = {
 }
 PITCHES = {"high": 1200.0, "low": 300.0}
 HUM_FREQ, BEEP_AMP = 110.0, 0.25  # MUSIC-AVQA clips: a square-wave hum at 0.45 (louder) or 0.08 under 0.25 beeps
-
-
-def balanced(levels: tuple, n: int, rng: np.random.Generator) -> list:
-    """n draws with every level equally often (up to one), in random order: answers carry no text-only prior."""
-    values = [levels[i % len(levels)] for i in range(n)]
-    return [values[i] for i in rng.permutation(n)]
 
 
 def _beeps(count: int, first: float, timbre: str = "sine", freq: float = 660.0, amp: float = 0.5) -> list[Beep]:
@@ -191,15 +188,39 @@ def audiocaps(out: Path, n: int, rng: np.random.Generator) -> None:
             csv.writer(f).writerows([["audiocap_id", "youtube_id", "start_time", "caption"], *rows])
 
 
-WRITERS = {"music_avqa": music_avqa, "ave": ave, "llava": llava, "audiocaps": audiocaps}
+def image_qa(out: Path, n: int, rng: np.random.Generator) -> None:
+    """Image instruction data (LLaVA json + jpg, one image per question): 2n yes/no questions in POPE's prompt and
+    2n multiple-choice ones in MMBench's prompt (answer: the option letter), about scenes of coloured shapes."""
+    for split, size in _split_sizes(n).items():
+        pairs = scenes.draw(("exists",), 2 * size, rng) + scenes.draw(scenes.CHOICE_KINDS, 2 * size, rng)
+        entries = []
+        for i, (scene, question) in enumerate(pairs):
+            eid = f"{split}-{question.kind}-{i:05d}"
+            render.write_jpg(out / "images" / f"{eid}.jpg", scene.image())
+            turns = [f"<image>\n{question.prompt()}", question.target()]
+            entries.append(
+                {
+                    "id": eid,
+                    "image": f"images/{eid}.jpg",
+                    "conversations": [{"from": "human", "value": turns[0]}, {"from": "gpt", "value": turns[1]}],
+                }
+            )
+        _write_json(out / f"{split}.json", entries)
 
 
-def generate(out: Path, n: int = 32, seed: int = 0) -> dict[str, Path]:
-    """Write every source under `out`; returns {source: root}. Deterministic for a given (n, seed)."""
+# raw directory: its writer; image_qa is in the LLaVA format (converter `llava`), the others in their own
+WRITERS = {"music_avqa": music_avqa, "ave": ave, "llava": llava, "audiocaps": audiocaps, "image_qa": image_qa}
+
+
+def generate(out: Path, n: int = 32, seed: int = 0, progress: bool = False) -> dict[str, Path]:
+    """Write every source under `out` (a progress bar over them with `progress`); returns {source: root}.
+    Deterministic for a given (n, seed)."""
     if n < 4:
         raise ValueError(f"--n must be at least 4, got {n}")
     roots = {}
-    for i, (name, write) in enumerate(WRITERS.items()):
+    bar = tqdm(WRITERS.items(), desc="synthetic raw data", unit="source", disable=not progress)
+    for i, (name, write) in enumerate(bar):
+        bar.set_postfix_str(name)
         root = out / name
         root.mkdir(parents=True, exist_ok=True)
         write(root, n, np.random.default_rng([seed, i]))

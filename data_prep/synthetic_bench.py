@@ -2,9 +2,10 @@
 
 `python -m data_prep.synthetic_bench --out DIR [--n N] [--seed S]` writes DIR/mmbench.tsv (base64 images),
 DIR/pope/coco_pope_{random,adversarial}.json with DIR/pope/images/, and DIR/mme/ (the flat `color` and
-`code_reasoning` subtasks, and `artwork` with `images/` + `questions_answers_YN/`). The images are the coloured
-squares of `data_prep.render`, and every answer follows from them (colour, side). MUSIC-AVQA and AVE files come from
-`data_prep.synthetic`.
+`code_reasoning` subtasks, and `artwork` with `images/` + `questions_answers_YN/`). Every answer follows from the
+image: MMBench and POPE ask about scenes of coloured shapes (`data_prep.scenes`, the kind of content the demo's
+image instruction data has, other images and draws), MME about the colour of a square. MUSIC-AVQA and AVE files come
+from `data_prep.synthetic`.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from data_prep import render
-from data_prep.synthetic import SIDES, balanced
+from data_prep import render, scenes
+from data_prep.balance import balanced
+from data_prep.synthetic import SIDES
 
 COLOURS = tuple(render.COLOURS)
 
@@ -37,29 +39,22 @@ def _b64_png(img: np.ndarray) -> str:
 
 
 def mmbench(out: Path, n: int, rng: np.random.Generator) -> Path:
-    """n questions (colour with 4 options; side with 2), the official TSV columns plus an ignored `source`."""
+    """n four-option questions about scenes of shapes (`data_prep.scenes`: colour, shape, where, how many), the
+    official TSV columns plus an ignored `source`."""
     path = out / "mmbench.tsv"
-    colours, sides = balanced(COLOURS, n, rng), balanced(SIDES, n, rng)
     rows = []
-    for i in range(n):
-        image = _b64_png(_image(colours[i], sides[i]))
-        if i % 2:
-            options, answer, category = list(SIDES), sides[i], "spatial"
-            question, hint = "On which side is the square?", ""
-        else:
-            options = [COLOURS[j] for j in rng.permutation(len(COLOURS))]
-            answer, category, question, hint = colours[i], "colour", "What colour is the square?", "Look at the square."
+    for i, (scene, question) in enumerate(scenes.draw(scenes.CHOICE_KINDS, n, rng)):
         rows.append(
             {
                 "index": 1000 + i,
-                "question": question,
-                "hint": hint,
-                "answer": "ABCD"[options.index(answer)],
-                "category": category,
+                "question": question.text,
+                "hint": "",
+                "answer": question.target(),
+                "category": question.kind,
                 "l2-category": "perception",
-                "image": image,
+                "image": _b64_png(scene.image()),
                 "source": "synthetic",
-                **dict(zip("ABCD", options)),
+                **dict(zip("ABCD", question.options)),
             }
         )
     out.mkdir(parents=True, exist_ok=True)
@@ -75,24 +70,15 @@ def mmbench(out: Path, n: int, rng: np.random.Generator) -> Path:
 
 
 def pope(out: Path, n: int, rng: np.random.Generator) -> Path:
-    """Two splits of n questions "Is there a <colour> square in the image?" over n//2 images, half yes."""
+    """Two splits (named as POPE's; here they differ only in their draws) of n questions "Is there a <shape> in the
+    image?" about scenes of shapes, one image each, half yes."""
     root = out / "pope"
-    images = [(f"COCO_val2014_{i:012d}.jpg", COLOURS[i % len(COLOURS)], SIDES[i % 2]) for i in range(max(1, n // 2))]
-    for name, colour, side in images:
-        render.write_jpg(root / "images" / name, _image(colour, side))
-    for split in ("random", "adversarial"):
+    for s, split in enumerate(("random", "adversarial")):
         lines = []
-        for qid, yes in enumerate(balanced((True, False), n, rng), start=1):
-            name, colour, _ = images[qid % len(images)]
-            asked = colour if yes else COLOURS[(COLOURS.index(colour) + 1) % len(COLOURS)]
-            lines.append(
-                {
-                    "question_id": qid,
-                    "image": name,
-                    "text": f"Is there a {asked} square in the image?",
-                    "label": "yes" if yes else "no",
-                }
-            )
+        for qid, (scene, question) in enumerate(scenes.draw(("exists",), n, rng), start=1):
+            name = f"COCO_val2014_{s * 100000 + qid:012d}.jpg"
+            render.write_jpg(root / "images" / name, scene.image())
+            lines.append({"question_id": qid, "image": name, "text": question.text, "label": question.answer})
         (root / f"coco_pope_{split}.json").write_text("".join(json.dumps(line) + "\n" for line in lines))
     return root
 

@@ -3,9 +3,10 @@
     python -m launch.demo [--out runs/demo] [--n 96] [--adapter imod] [--nproc 2] [--fresh]
 
 tiny random-init components -> synthetic raw datasets in the real formats (real mp4/wav/jpg) -> WebDataset shards ->
-stage 1 (projectors on image/video/audio captions) -> stage 2 (the adapter on synthetic MUSIC-AVQA + AVE) -> merge
--> eval on the synthetic MUSIC-AVQA, POPE and MMBench test sets, with the majority-answer baselines beside the
-scores. Every step leaves its files under --out and is skipped when they are already there (--fresh redoes all).
+stage 1 (projectors on image/video/audio captions) -> stage 2 (the adapter on synthetic MUSIC-AVQA + AVE and on
+POPE- and MMBench-style image questions in the LLaVA format) -> merge -> eval on the held-out synthetic MUSIC-AVQA,
+POPE and MMBench test sets, each score beside its media-blind baselines (results.md, results.json, results.png).
+Every step leaves its files under --out and is skipped when they are already there (--fresh redoes all).
 --out must be new, empty or an earlier demo output (it holds a `.avtrain-demo` file): anything else is refused, so
 --fresh never deletes a directory the demo did not make.
 """
@@ -15,11 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,7 +28,10 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 BENCHES = ("music_avqa", "pope", "mmbench")
-SOURCES = ("music_avqa", "ave", "llava", "audiocaps")
+# shard directory (and raw directory): the converter that reads it
+SOURCES = {"music_avqa": "music_avqa", "ave": "ave", "llava": "llava", "audiocaps": "audiocaps", "image_qa": "llava"}
+# the training loop's own progress bar in its log: "train:  42%|....| 252/600 [..., loss=0.1234, ..."
+TRAIN_BAR = re.compile(r"train:\s*\d+%\|[^|]*\|\s*(\d+)/(\d+) \[[^\]]*?loss=([0-9.]+)")
 MARKER = ".avtrain-demo"  # in --out: the directory is the demo's own (what --fresh may delete)
 
 
@@ -47,15 +51,15 @@ def prepare_data(out: Path, n: int, seed: int) -> None:
 
     t = step("tiny components, synthetic raw data, shards")
     if not (out / "components" / "model.yaml").is_file():
-        write_tiny(out / "components", "llama", pretrain_steps=300)
+        write_tiny(out / "components", "llama", pretrain_steps=300, progress=True)
     if not (out / "raw" / "done").is_file():
-        synthetic.generate(out / "raw", n=n, seed=seed)
+        synthetic.generate(out / "raw", n=n, seed=seed, progress=True)
         synthetic_bench.generate(out / "raw" / "bench", n=max(8, n // 4), seed=seed)
         (out / "raw" / "done").touch()
-    for source in SOURCES:
+    for source, converter in SOURCES.items():
         target = out / "shards" / source / "train"
         if not list(target.glob("*.index.json")):
-            write_shards(source, out / "raw" / source, "train", target, maxcount=16, progress=False)
+            write_shards(converter, out / "raw" / source, "train", target, maxcount=16)
     done(t, f"components in {out / 'components'}, raw data in {out / 'raw'}, shards in {out / 'shards'}")
 
 
@@ -87,13 +91,36 @@ def train(out: Path, stage: int, nproc: int, extra: list[str]) -> Path:
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     log = out / f"stage{stage}.log"
-    with log.open("w") as sink:
-        code = subprocess.run(cmd, cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT).returncode
+    code = run_with_progress(cmd, env, log, f"stage {stage}")
     if code != 0:
         raise SystemExit(f"stage {stage} failed (exit {code}); see {log}")
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     done(t, f"{len(rows)} steps, loss {rows[0]['loss']:.3f} -> {rows[-1]['loss']:.3f}; run directory {run}")
     return run
+
+
+def _bar_state(log: Path) -> tuple[int, int, str] | None:
+    """(step, total, loss) of the last progress-bar update in the log's tail, if there is one yet."""
+    with log.open("rb") as f:
+        f.seek(max(0, log.stat().st_size - 4096))
+        found = TRAIN_BAR.findall(f.read().decode(errors="replace"))
+    return (int(found[-1][0]), int(found[-1][1]), found[-1][2]) if found else None
+
+
+def run_with_progress(cmd: list[str], env: dict, log: Path, desc: str) -> int:
+    """Run a training launch with its output in `log`, relaying its step count and loss to a progress bar here."""
+    from tqdm import tqdm
+
+    with log.open("w") as sink, tqdm(desc=desc, unit="step", dynamic_ncols=True) as bar:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT)
+        while proc.poll() is None:
+            time.sleep(0.5)
+            state = _bar_state(log)
+            if state is not None:
+                bar.total, bar.n = state[1], state[0]
+                bar.set_postfix(loss=state[2], refresh=False)
+                bar.refresh()
+    return proc.returncode
 
 
 def merge(out: Path) -> Path:
@@ -147,57 +174,17 @@ def evaluate(out: Path, model: Path) -> dict[str, dict]:
     return results
 
 
-def baselines(out: Path) -> dict[str, float]:
-    """MUSIC-AVQA accuracy of answering every question with the test set's most frequent answer, and with the most
-    frequent answer of its question type (what a model that ignores the media can reach at best)."""
-    from pipeline.eval import music_avqa
+def baselines(out: Path) -> dict[str, dict[str, float]]:
+    """Each benchmark's media-blind baselines on its demo test file (`pipeline.eval.baselines`)."""
+    from pipeline.eval import BENCHMARKS
+    from pipeline.eval.baselines import baselines as blind
 
-    items = music_avqa.load(Path(bench_args(out, "music_avqa")[1]))
-    overall = Counter(item.gold["answer"] for item in items).most_common(1)[0][0]
-    per_type: dict[str, Counter] = {}
-    for item in items:
-        per_type.setdefault(item.gold["subtype"], Counter())[item.gold["answer"]] += 1
-    prior = [per_type[item.gold["subtype"]].most_common(1)[0][0] for item in items]
-    return {
-        "majority": music_avqa.score(items, [overall] * len(items))["overall"],
-        "type_prior": music_avqa.score(items, prior)["overall"],
-    }
-
-
-def report(out: Path, results: dict[str, dict], base: dict[str, float], adapter: str) -> str:
-    avqa = results["music_avqa"]
-    lines = [
-        f"| benchmark | metric | {adapter} (merged) | baseline |",
-        "|---|---|---:|---:|",
-        f"| MUSIC-AVQA (synthetic) | overall accuracy | {100 * avqa['overall']:.1f} | "
-        f"{100 * base['majority']:.1f} (majority answer) |",
-        f"| | | | {100 * base['type_prior']:.1f} (majority per question type) |",
-    ]
-    for subtype, acc in avqa["subtype"].items():
-        lines.append(f"| | {subtype} | {100 * acc:.1f} | |")
-    pope = results["pope"]
-    split = next(iter(pope)) if isinstance(next(iter(pope.values())), dict) else None
-    pope = pope[split] if split else pope
-    lines.append(
-        f"| POPE (synthetic) | accuracy / F1 | {100 * pope['accuracy']:.1f} / {100 * pope['f1']:.1f} | "
-        "50.0 (one answer) |"
-    )
-    lines.append(
-        f"| MMBench (synthetic) | CircularEval overall | {100 * results['mmbench']['overall']:.1f} | "
-        "0.4 (chance: 4 rounds of 4 options) |"
-    )
-    table = "\n".join(lines)
-    (out / "results.md").write_text(table + "\n")
-    summary = {
-        "adapter": adapter,
-        "music_avqa": avqa["overall"],
-        "majority": base["majority"],
-        "type_prior": base["type_prior"],
-        "pope_accuracy": pope["accuracy"],
-        "mmbench": results["mmbench"]["overall"],
-    }
-    (out / "results.json").write_text(json.dumps(summary, indent=2))
-    return table
+    result = {}
+    for bench in BENCHES:
+        args = bench_args(out, bench)
+        media = Path(args[3]) if len(args) > 2 else None
+        result[bench] = blind(bench, BENCHMARKS[bench].load(Path(args[1]), media))
+    return result
 
 
 def claim(out: Path, fresh: bool) -> None:
@@ -230,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from transformers.utils import logging as hf_logging
 
+    from pipeline.testing import demo_report
+
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     out = args.out.resolve()
@@ -244,12 +233,14 @@ def main(argv: list[str] | None = None) -> int:
     train(out, 2, args.nproc, [f"adapter.name={args.adapter}", *args.stage2])
     merged = merge(out)
     results = evaluate(out, merged)
-    table = report(out, results, baselines(out), args.adapter)
+    table = demo_report.write(out, results, baselines(out), args.adapter)
     print(f"\n== results ({time.time() - start:.0f} s in all)\n{table}")
     print(
-        f"\nEverything is under {out}: stage1/ and stage2/ (config.yaml, ds_config.json, metrics.jsonl, tb/, "
+        f"\nPicture: {out / 'results.png'} (each score beside its baselines); loss curves: "
+        f"{out / 'stage1' / 'loss.png'} and {out / 'stage2' / 'loss.png'}.\n"
+        f"Everything is under {out}: stage1/ and stage2/ (config.yaml, ds_config.json, metrics.jsonl, tb/, "
         "loss.png, checkpoints/, final/), merged/, eval/<bench>/ (predictions.jsonl, metrics.json, results.md), "
-        "results.md and results.json"
+        "results.md, results.json and results.png"
     )
     return 0
 

@@ -18,7 +18,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
-    CLIPImageProcessor,
+    CLIPImageProcessorPil,
     CLIPVisionConfig,
     CLIPVisionModel,
     PreTrainedTokenizerFast,
@@ -67,7 +67,9 @@ guzheng piano pipa saxophone suona trumpet tuba ukulele violin xylophone bass gu
 Describe the image. Describe the video. Describe the audio. A dog barks. A car passes by. A man speaks. Music plays.
 An event happens from second 0 to second 10. The event is a church bell, a male speaking, a dog barking, a train horn.
 Answer the question using a single word or phrase. Answer with the option's letter from the given choices directly.
-Is there a cat in the image? Is there a person in the image? A. B. C. D. E. circle square triangle star
+Is there a cat in the image? Is there a person in the image? A. B. C. D. E. circle square triangle diamond cross
+Is there a circle in the image? Which shape is red? Where is the square? top left top right bottom left bottom right
+How many shapes are in the image? What colour is the triangle? one two three four
 The quick brown fox jumps over the lazy dog. Please answer the question about the video and the audio.
 """
 
@@ -123,12 +125,18 @@ def build_llm(family: str, tokenizer: PreTrainedTokenizerFast, hidden: int = 64,
 
 
 def write_tiny(
-    out: str | Path, llm: str = "llama", seed: int = 0, image_size: int = 64, pretrain_steps: int = 0
+    out: str | Path,
+    llm: str = "llama",
+    seed: int = 0,
+    image_size: int = 64,
+    pretrain_steps: int = 0,
+    progress: bool = False,
 ) -> Path:
     """Write every tiny component under `out` and return the path of its `model.yaml`.
 
     `pretrain_steps` > 0 first trains the LLM on chat-formatted short questions (see PRETRAIN_QA): a random LLM
     frozen under an adapter learns next to nothing in a CPU demo's budget, a lightly pretrained one does.
+    `progress` shows a progress bar over those steps.
     """
     out = Path(out)
     torch.manual_seed(seed)
@@ -142,7 +150,8 @@ def write_tiny(
         projection_dim=64,
     )
     CLIPVisionModel(vision_cfg).save_pretrained(out / "vision")
-    CLIPImageProcessor(
+    # the PIL backend by name: the default one needs torchvision (a notice without it); the saved file is the same
+    CLIPImageProcessorPil(
         size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
     ).save_pretrained(out / "vision")
 
@@ -176,7 +185,7 @@ def write_tiny(
     tokenizer.save_pretrained(out / "llm")
     model = build_llm(llm, tokenizer)
     if pretrain_steps:
-        pretrain_llm(model, tokenizer, pretrain_steps, seed)
+        pretrain_llm(model, tokenizer, pretrain_steps, seed, progress=progress)
     model.save_pretrained(out / "llm")
 
     model_yaml = out / "model.yaml"

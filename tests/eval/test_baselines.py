@@ -1,0 +1,27 @@
+"""Media-blind baselines, scored by each benchmark's own scorer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from data_prep import synthetic_bench
+from pipeline.eval import mmbench, pope
+from pipeline.eval.baselines import baselines
+
+
+def test_pope_and_mmbench_baselines(tmp_path):
+    paths = synthetic_bench.generate(tmp_path, n=8, seed=0)
+    blind = baselines("pope", pope.load(paths["pope"], paths["pope"] / "images"))
+    assert blind["one_answer_accuracy"] == 0.5 and blind["one_answer_f1"] == pytest.approx(2 / 3)
+    blind = baselines("mmbench", mmbench.load(paths["mmbench"]))
+    assert blind == {"chance": pytest.approx(0.25**4), "best_letter": 0.0}
+
+
+def test_music_avqa_baselines(bench_data):
+    from pipeline.eval import music_avqa
+
+    items = music_avqa.load(Path(bench_data["music_avqa"][1]))
+    blind = baselines("music_avqa", items)
+    assert 0 < blind["majority"] <= blind["type_prior"] <= 1
