@@ -85,8 +85,10 @@ def train_data(tmp_path_factory, tiny_components) -> dict:
     """Synthetic shards of every source (train split) and tiny llama components."""
     root = tmp_path_factory.mktemp("train-data")
     raw = generate(root / "raw", n=16, seed=0)
-    for source in ("music_avqa", "ave", "llava", "audiocaps"):
-        write_shards(source, raw[source], "train", root / "shards" / source / "train", maxcount=8, progress=False)
+    # shard directory -> its converter (image_qa: the POPE/MMBench-style image questions, in the LLaVA format)
+    sources = {"music_avqa": "music_avqa", "ave": "ave", "llava": "llava", "audiocaps": "audiocaps", "image_qa": "llava"}
+    for name, converter in sources.items():
+        write_shards(converter, raw[name], "train", root / "shards" / name / "train", maxcount=8, progress=False)
     components = tiny_components("llama").parent
     return {"root": root, "shards": root / "shards", "components": components}
 
