@@ -33,7 +33,7 @@ set +e
     | tee "$WORK/pytest.log"
 status=${PIPESTATUS[0]}
 set -e
-grep -hoE "[^ ]*(is|are) deprecated and will be removed in [^.]*" "$WORK/pytest.log" | sort -u \
+grep -hoE "[^ ]+ (is|are) deprecated and will be removed in [^.]*" "$WORK/pytest.log" | sort -u \
     | sed 's/^/deprecation: /' || true
 if [ "$status" -ne 0 ]; then
     echo "warning: transformers $version breaks avtrain (pytest exit $status); keep the lock at the version above" >&2
