@@ -1,7 +1,7 @@
 """Packing benchmark: useful tokens/s of pad, group and pack batching on the same samples, their padding fractions,
 and the peak memory of the chunked loss against the plain full-logits loss at a large vocabulary.
 
-    python benchmarks/packing.py [--samples 64] [--batch 8] [--max-tokens 4096] [--json PATH]
+    python benchmarks/packing.py [--samples 64] [--batch 8] [--max-tokens 2048] [--json PATH]
 
 Length mix (stated, LLaVA-Instruct-like; tokens after media expansion): text of every sample log-normal with median
 120 tokens (sigma 0.8, clipped to [16, 1024]), 30% text-only, 40% one image (144 tokens: 576 patch tokens pooled
@@ -9,9 +9,12 @@ Length mix (stated, LLaVA-Instruct-like; tokens after media expansion): text of 
 with random token ids (the LLM's cost does not depend on which ids, and towers are not what this measures); the
 micro-batches are formed as the loader forms them (`window_batches`; group over windows of 4 micro-batches) and
 collated by `AVProcessor.collate` / `AVProcessor.pack`; each is trained (forward and backward, chunked loss, LoRA on
-all linear layers) through `AVLLM.forward`, on a CPU-sized Llama (6 layers, width 384, vocabulary 8k). Useful tokens
-are the non-pad ones (prompt + answer + media). Each mode is timed as the best of --trials passes over all its
-micro-batches (other jobs on a shared machine only slow a pass down).
+all linear layers) through `AVLLM.forward`, on a CPU-sized Llama (4 layers, width 256, vocabulary 8k). Useful tokens
+are the non-pad ones (prompt + answer + media). Packed rows hold at most 2048 tokens (the longest sample is about
+1.7k): on CPU, transformers' sdpa path computes attention over a whole packed row under a block-diagonal mask
+(flash-attention's varlen path, on GPUs, skips the masked blocks), and at width 256 attention is a large share of
+the cost, so much longer rows would charge packing for masked attention a GPU does not compute. Each mode is timed
+as the best of --trials passes over all its micro-batches (other jobs on a shared machine only slow a pass down).
 
 Memory: in a fresh subprocess each, the plain loss (LM head over every position, then transformers'
 `ForCausalLMLoss`) and the chunked loss (`pipeline.model.loss.chunked_lm_loss`, chunks of `train.loss_chunk_tokens`)
@@ -113,10 +116,10 @@ def build_model(vocab: int) -> AVLLM:
     """A CPU-sized Llama inside the real AVLLM (the tiny tokenizer, no towers) with LoRA on the LLM's linear layers."""
     torch.manual_seed(0)
     cfg = LlamaConfig(
-        hidden_size=384,
-        intermediate_size=1024,
-        num_hidden_layers=6,
-        num_attention_heads=6,
+        hidden_size=256,
+        intermediate_size=688,
+        num_hidden_layers=4,
+        num_attention_heads=4,
         num_key_value_heads=2,
         vocab_size=vocab,
         attn_implementation="sdpa",
@@ -180,7 +183,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--batch", type=int, default=8, help="micro_batch_size")
-    parser.add_argument("--max-tokens", type=int, default=4096, help="data.max_tokens for pack")
+    parser.add_argument("--max-tokens", type=int, default=2048, help="data.max_tokens for pack")
     parser.add_argument("--trials", type=int, default=2)
     parser.add_argument("--vocab", type=int, default=8192)
     parser.add_argument("--json", type=Path)

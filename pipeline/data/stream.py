@@ -50,15 +50,15 @@ class WorkerStream(torch.utils.data.IterableDataset):
     """Yields dicts {"batch", "worker", "cycle", "offset", "done", "batches", "skipped", "missing", "bad_shards"}:
     the batch and the worker's position after it (pass, raw samples pulled before the current grouping window,
     batches handed out from that window, batches made). The last item per worker has batch None and only the
-    counts since the last batch. `resume` maps worker -> {cycle, offset, done, batches}.
+    counts since the last batch. `resume` maps worker -> {cycle, offset, done, batches}. With `missing`, samples
+    lose a modality as `pipeline.data.missing` describes; `missing` counts them by the modality lost.
 
     Batching (`data.batching`): every mode forms micro-batches of `micro_batch_size` samples, so the plan's step
     counts and the exactly-once guarantee do not depend on it. `pad` and `pack` take the stream's samples in order
     (`pack` joins each micro-batch into packed rows, `AVProcessor.pack`); `group` collects `group_batches`
     micro-batches' worth of samples (a window), sorts them by modality mix and length, cuts them into
     micro-batches and hands those out in a seeded random order. Resuming inside a window decodes the window
-    again and drops the batches already handed out. With `missing`,
-    samples lose a modality as `pipeline.data.missing` describes; `missing` counts them by the modality lost."""
+    again and drops the batches already handed out."""
 
     def __init__(
         self,

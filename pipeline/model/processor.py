@@ -250,11 +250,11 @@ class AVProcessor:
 
     def pack(self, encoded: list[EncodedSample], max_tokens: int) -> dict[str, torch.Tensor | None]:
         """Concatenate the samples into as few rows of at most `max_tokens` tokens as first-fit decreasing finds
-        (a longer sample gets a row of its own). No padding inside a row; rows shorter than the longest are padded
-        at the end. `segment_ids` [R, L] gives each token's sample (numbered in row-major order, -1 at padding);
-        the model derives restarting position ids from it and attends within a sample only. No attention mask: a
-        packed batch must not get one (`AVLLM.forward` refuses it)."""
-        rows = first_fit_decreasing([len(e.input_ids) for e in encoded], max_tokens)
+        (a longer sample gets a row of its own), balanced in length (`pack_rows`). No padding inside a row; rows
+        shorter than the longest are padded at the end. `segment_ids` [R, L] gives each token's sample (numbered in
+        row-major order, -1 at padding); the model derives restarting position ids from it and attends within a
+        sample only. No attention mask: a packed batch must not get one (`AVLLM.forward` refuses it)."""
+        rows = pack_rows([len(e.input_ids) for e in encoded], max_tokens)
         order = [encoded[i] for row in rows for i in row]
         segment, seg_rows = 0, list[list[int]]()
         for row in rows:
@@ -284,6 +284,21 @@ class AVProcessor:
 
     def __call__(self, samples: list[AVSample], padding_side: str = "right") -> dict[str, torch.Tensor | None]:
         return self.collate([self.encode(s) for s in samples], padding_side=padding_side)
+
+
+def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
+    """The rows of a packed micro-batch: as many rows as first-fit decreasing needs, filled longest item first into
+    the currently shortest row (so that rows end up about equally long and the padding at their ends is small);
+    first-fit decreasing's own rows when that balanced fill would overflow a row."""
+    rows = first_fit_decreasing(lengths, capacity)
+    balanced: list[list[int]] = [[] for _ in rows]
+    filled = [0] * len(rows)
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        r = min(range(len(rows)), key=lambda r: (filled[r], r))
+        balanced[r].append(i)
+        filled[r] += lengths[i]
+    fits = all(f <= capacity for f, row in zip(filled, balanced) if len(row) > 1)
+    return balanced if fits else rows
 
 
 def first_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:

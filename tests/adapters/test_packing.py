@@ -11,7 +11,7 @@ import torch
 from pipeline.adapters import ADAPTERS, aux_loss, mark_trainable, start_task
 from pipeline.adapters.dominance import DominanceProbe
 from pipeline.model.avllm import AVLLM
-from pipeline.model.processor import first_fit_decreasing
+from pipeline.model.processor import pack_rows
 from tests.adapters.test_contract import attached
 from tests.model.conftest import mixed_samples
 
@@ -31,7 +31,7 @@ def batches(base):
     encoded = [processor.encode(s) for s in mixed_samples() + mixed_samples()[::-1]]
     lengths = [len(e.input_ids) for e in encoded]
     budget = max(lengths) + 2 * min(lengths)
-    assert all(len(row) >= 2 for row in first_fit_decreasing(lengths, budget))
+    assert all(len(row) >= 2 for row in pack_rows(lengths, budget))
     return processor.collate(encoded), processor.pack(encoded, budget)
 
 
@@ -80,7 +80,7 @@ def test_packed_batch_trains_exactly_as_the_padded_batch(base, batches, name):
         torch.testing.assert_close(fisher_b[key], fisher_a[key], atol=1e-7, rtol=1e-4, msg=key)
     # eval mode (DeLo routes each sample to its nearest task key): the packed order is first-fit decreasing
     lengths = [len(r) for r in rows_a]
-    order = [i for row in first_fit_decreasing(lengths, packed["input_ids"].shape[1]) for i in row]
+    order = [i for row in pack_rows(lengths, packed["input_ids"].shape[1]) for i in row]
     assert [len(rows_b[s]) for s in range(len(order))] == [lengths[i] for i in order]
     for s, i in enumerate(order):
         torch.testing.assert_close(rows_b[s], rows_a[i], atol=1e-5, rtol=0)

@@ -112,3 +112,11 @@ def test_resume_refuses_other_batching(shards):
     state = loader([shards["music_avqa"]], 0, 1, **MODES["pack"]).state_dict()
     with pytest.raises(ValueError, match="'batching'"):
         loader([shards["music_avqa"]], 0, 1).load_state_dict(state)
+
+
+@pytest.mark.parametrize("settings,match", [({"batching": "bucket"}, "'data.batching' must be one of pad, group, pack"),
+                                            ({"batching": "pack"}, "'data.max_tokens' must be set"),
+                                            ({"group_batches": 0}, "'data.group_batches' must be >= 1")])
+def test_bad_batching_settings_name_the_key(shards, settings, match):
+    with pytest.raises(ValueError, match=match):
+        config(shards["llava"], **settings).validate()

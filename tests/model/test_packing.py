@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.model.processor import first_fit_decreasing
+from pipeline.model.processor import first_fit_decreasing, pack_rows
 from tests.model.conftest import mixed_samples
 
 
@@ -14,6 +14,13 @@ def test_first_fit_decreasing_packs_longest_first_into_the_first_row_with_room()
     rows = first_fit_decreasing([5, 9, 3, 4, 2], 10)
     assert rows == [[1], [0, 3], [2, 4]]
     assert first_fit_decreasing([12, 3], 10) == [[0], [1]]  # an item over capacity gets a row of its own
+
+
+def test_pack_rows_balances_the_rows_first_fit_decreasing_needs():
+    assert first_fit_decreasing([5, 4, 3, 3, 1], 10) == [[0, 1, 4], [2, 3]]  # rows of 10 and 6
+    assert pack_rows([5, 4, 3, 3, 1], 10) == [[0, 3], [1, 2, 4]]  # rows of 8 and 8
+    assert pack_rows([6, 5, 4, 3, 2], 10) == [[0, 2], [1, 3, 4]]  # balancing would overflow: first-fit's rows
+    assert pack_rows([12, 3], 10) == [[0], [1]]
 
 
 def per_sample_logits(model, processor, encoded) -> list[torch.Tensor]:
@@ -32,7 +39,7 @@ def test_packed_forward_equals_per_sample_forwards(model):
     with torch.no_grad():
         packed = model(**batch).logits
     expected = per_sample_logits(model, processor, encoded)
-    order = [i for row in first_fit_decreasing(lengths, budget) for i in row]
+    order = [i for row in pack_rows(lengths, budget) for i in row]
     segments = batch["segment_ids"]
     for segment, i in enumerate(order):
         got = packed[segments == segment]
