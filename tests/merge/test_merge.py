@@ -271,3 +271,19 @@ def test_an_output_a_killed_merge_had_moved_aside_is_put_back(tmp_path, lora_run
     assert f"note: restored {out} from {tmp_path / '.out.old'}, left by an interrupted merge" in err
     assert f"note: removed {tmp_path / '.out.partial'}, left by an interrupted merge" in err
     assert (out / MERGE_MANIFEST).is_file() and not (tmp_path / ".out.partial").exists()
+
+
+def test_the_merged_audio_encoder_is_its_base_and_loads_with_another_window(tmp_path, tiny_model_config):
+    """The merged audio/ is the base Whisper encoder (whole positional table and config) with the adapter folded in,
+    not the 1 s training window's cut: it loads with a 2 s window, with the same folded weights."""
+    cfg = tiny_model_config("llama")
+    run, _ = make_run(tmp_path / "run", cfg, AdapterConfig(name="lora", rank=4, scope=TOWERS))
+    out = merge_run(run, tmp_path / "out")
+    assert json.loads((out / "audio" / "config.json").read_text())["max_source_positions"] == 100
+    narrow = AVLLM.from_pretrained(out).audio.encoder.state_dict()
+    wide = AVLLM.from_pretrained(out, audio_window_seconds=2.0).audio.encoder.state_dict()
+    base = AVLLM.from_config(cfg).audio.encoder.state_dict()
+    assert narrow["embed_positions.weight"].shape[0] == 50 and wide["embed_positions.weight"].shape[0] == 100
+    for key, tensor in narrow.items():
+        torch.testing.assert_close(wide[key][: tensor.shape[0]], tensor, rtol=0, atol=0)
+    assert not torch.equal(narrow["layers.0.self_attn.q_proj.weight"], base["layers.0.self_attn.q_proj.weight"])
