@@ -15,12 +15,12 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from pipeline.adapters.io import load_model
 from pipeline.adapters import ADAPTERS, AdapterConfig, AdapterLinear, adapter_layers
+from pipeline.adapters.io import load_model
 from pipeline.merge import MergeError, merge_run
-from pipeline.rundir import MERGE_MANIFEST
 from pipeline.model.avllm import AVLLM
 from pipeline.model.processor import PLACEHOLDERS, AVSample
+from pipeline.rundir import MERGE_MANIFEST
 from tests.merge.conftest import make_run
 from tests.model.conftest import mixed_samples
 
