@@ -74,7 +74,10 @@ def test_packed_batch_trains_exactly_as_the_padded_batch(base, batches, name):
         if grads_a[key] is None:
             assert grads_b[key] is None, key
         else:
-            torch.testing.assert_close(grads_b[key], grads_a[key], atol=1e-5, rtol=1e-5, msg=key)
+            # 1e-5 of the gradient's scale: IMoD's injected constraint gradients reach ~1e3 on this tiny model, where
+            # fp32 summation order alone moves elements by ~1e-4
+            scale = max(1.0, float(grads_a[key].abs().max()))
+            torch.testing.assert_close(grads_b[key], grads_a[key], atol=1e-5 * scale, rtol=1e-5, msg=key)
     assert fisher_a.keys() == fisher_b.keys()
     for key in fisher_a:
         torch.testing.assert_close(fisher_b[key], fisher_a[key], atol=1e-7, rtol=1e-4, msg=key)
