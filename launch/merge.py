@@ -48,12 +48,12 @@ def main(argv: list[str] | None = None) -> int:
             args.checkpoint,
             args.max_shard_size_mb * 2**20,
         )
-    except (ValueError, OSError) as exc:  # bad input, a missing file, a read-only or full disk
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except WriteError as exc:  # a full disk or read-only --out: nothing half-written is left
+    except WriteError as exc:  # a full disk or read-only --out (an OSError): nothing half-written is left
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except (ValueError, OSError) as exc:  # bad input, a missing or unreadable file
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"merged checkpoint: {out}")
     return 0
 
