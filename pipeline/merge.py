@@ -295,12 +295,14 @@ def protected_dirs(source: Source) -> dict[str, Path]:
     return {key: Path(path).resolve() for key, path in found.items() if path is not None}
 
 
-def check_out(source: Source, out: Path) -> None:
-    """Refuse an `out` that is, contains or lies inside the run or a base model directory; one line, before
-    anything is written."""
+def check_out(source: Source, out: Path, force: bool) -> None:
+    """Refuse an `out` that is or contains the run or a base model directory, or that lies inside one and exists or
+    would be replaced (`force`); one line, before anything is written. A new directory inside the run (a continual
+    sequence ships each task's run there) touches nothing the run holds."""
     target = out.resolve()
     for key, path in protected_dirs(source).items():
-        if target == path or target.is_relative_to(path) or path.is_relative_to(target):
+        inside = target.is_relative_to(path) and target != path
+        if target == path or path.is_relative_to(target) or (inside and (force or out.exists())):
             relation = "is" if target == path else "lies inside" if target.is_relative_to(path) else "contains"
             raise MergeError(f"--out {out} {relation} {key} ({path}); write the merge somewhere else")
 
@@ -349,7 +351,7 @@ def merge_run(
     dtype = dtype or source.model.dtype
     if dtype not in DTYPES:
         raise MergeError(f"--dtype: '{dtype}' is not one of {', '.join(DTYPES)}")
-    check_out(source, out)
+    check_out(source, out, force)
     tmp = out.with_name(f".{out.name}.partial")
     clear_stale(out, tmp)  # first: an output it restores counts as existing below
     check_replace(out, force)
