@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from huggingface_hub import constants
 from transformers.utils import logging as hf_logging
 
 from data_prep import synthetic, synthetic_bench
@@ -67,6 +68,15 @@ def hub_cache(tmp_path_factory, tiny_components) -> dict:
     commits = {f"tiny/{part}": put_in_hub_cache(cache, f"tiny/{part}", components / part)
                for part in ("llm", "vision", "audio")}
     return {"cache": cache, "commits": commits}
+
+
+@pytest.fixture
+def offline_cache(monkeypatch, hub_cache):
+    """`hub_cache` as this process's Hugging Face cache, offline (huggingface_hub reads HF_HUB_CACHE and HF_HUB_OFFLINE
+    at import: its constants are set)."""
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub_cache["cache"]))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return hub_cache
 
 
 @pytest.fixture(scope="session")

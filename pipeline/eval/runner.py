@@ -10,7 +10,9 @@ predictions file without a model.
 
 `--model` is a checkpoint directory or a Hub id (resolved through the Hugging Face cache, pipeline/model/hub.py).
 Scoring `--predictions` reads ids and golds only: the media need not be on disk; they are checked when a model runs.
-Writes predictions.jsonl, metrics.json (fractions) and results.md (the table, percentages) into --out.
+Writes predictions.jsonl, metrics.json (fractions) and results.md (the table, percentages) into --out; metrics.json's
+`model` names the weights a model run evaluated (pipeline/eval/provenance.py: the checkpoint's Hub snapshot, and for a
+merge's output its merge.json's source run, adapter and base components with their snapshot hashes).
 `--missing` mixes conditions inside one pass (a seeded share of the questions loses the modality) and scores each.
 `--missing-grid` runs one pass per test condition (complete, audio-missing, visual-missing, mixed at η; see
 pipeline/eval/grid.py) and writes predictions-<condition>.jsonl, metrics.json (every metric per condition and its
@@ -30,6 +32,7 @@ from types import ModuleType
 
 from pipeline.eval import BENCHMARKS, grid
 from pipeline.eval.bench import BenchError, Item, assign_conditions, check_media
+from pipeline.eval.provenance import provenance
 from pipeline.eval.report import markdown, prediction_lines, read_predictions, score_conditions, write
 from pipeline.model.hub import ModelRefError, resolve
 from pipeline.storage import WriteError, check_space, write_failed
@@ -92,7 +95,8 @@ def check_args(args: argparse.Namespace) -> None:
             raise BenchError(f"--missing {args.missing}: {args.bench} has no {' or '.join(sorted(lacking))} input")
     if args.model is not None:
         try:
-            args.model = resolve(args.model, "--model").path
+            snapshot = resolve(args.model, "--model")
+            args.model, args.model_ref = snapshot.path, snapshot.pinned
         except ModelRefError as exc:
             raise BenchError(str(exc)) from None
         if not (args.model / CONFIG_FILE).is_file():
@@ -201,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
             return write_grid(args, module, items, outputs, passes)
         texts, conditions = outputs[args.bench], passes[args.bench]
         result = score_conditions(args.bench, module, items, texts, conditions)
+        if args.model is not None:
+            result["model"] = provenance(args.model_ref, args.model)
         write(args.out, prediction_lines(items, texts, conditions), result, module.POINT_METRICS)
     except OSError as exc:
         failure = write_failed(args.out, exc)
@@ -223,6 +229,7 @@ def write_grid(
     header = {
         "benchmark": args.bench,
         "train_condition": grid.train_condition(args.model),
+        "model": provenance(args.model_ref, args.model),
         "missing_rate": args.missing_rate,
         "fill": args.missing_fill,
         "seed": args.seed,

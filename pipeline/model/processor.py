@@ -176,11 +176,20 @@ class AVProcessor:
 
     # ---- encode / collate -------------------------------------------------------------------------------------
 
-    def encode(self, sample: AVSample) -> EncodedSample:
+    def encode(self, sample: AVSample, continuation: str = "") -> EncodedSample:
+        """`continuation`: text that follows a conversation ending in a human turn right after the generation prompt;
+        it is tokenized together with the prompt and only its tokens are labelled (what a likelihood scores)."""
         messages = self._messages(sample)
         self._check_media(sample, messages)
         text = self._render(messages)
         answers, questions = self._spans(messages, text)
+        if continuation:
+            if messages[-1]["role"] != "user":
+                raise ValueError(
+                    f"sample {sample_id(sample)}: a continuation follows a conversation ending in a human turn"
+                )
+            answers.append((len(text), len(text) + len(continuation)))
+            text += continuation
         enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         windows = self._audio_windows(sample.audio) if sample.audio is not None else []
         expand = {
@@ -204,8 +213,10 @@ class AVProcessor:
                 f"sample {sample_id(sample)}: {len(ids)} tokens after media expansion exceed "
                 f"model.max_length={self.max_length}"
             )
-        if messages[-1]["role"] == "assistant" and all(label == IGNORE_INDEX for label in labels):
-            raise ValueError(f"sample {sample_id(sample)}: no answer tokens to train on")
+        if (continuation or messages[-1]["role"] == "assistant") and all(label == IGNORE_INDEX for label in labels):
+            raise ValueError(
+                f"sample {sample_id(sample)}: no answer tokens to {'score' if continuation else 'train on'}"
+            )
 
         def pixels(images: list) -> torch.Tensor:
             return self.image_processor(images=images, return_tensors="pt")["pixel_values"]

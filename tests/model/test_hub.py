@@ -5,19 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from huggingface_hub import constants
 
 from pipeline.config import ConfigError, load_config
 from pipeline.model.hub import ModelRefError, fetch_command, is_hub_id, local_dir, pin, resolve
 from tests.conftest import ModelOnly
-
-
-@pytest.fixture
-def offline_cache(monkeypatch, hub_cache):
-    """huggingface_hub reads HF_HUB_CACHE and HF_HUB_OFFLINE at import: set its constants for this process."""
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub_cache["cache"]))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    return hub_cache
 
 
 def test_what_reads_as_an_id():

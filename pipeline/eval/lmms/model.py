@@ -1,10 +1,11 @@
-"""`--model avtrain` for lmms-eval: a merged avtrain checkpoint answering lmms-eval's `generate_until` requests.
+"""`--model avtrain` for lmms-eval: a merged avtrain checkpoint answering lmms-eval's `generate_until` and
+`loglikelihood` requests (the latter also serve its `multiple_choice` tasks).
 
 Each request's visuals (what the task's `doc_to_visual` returns) become one benchmark `Item`: a PIL image, a video
 path (its soundtrack is the audio, as `launch/eval.py` hears MUSIC-AVQA and AVE, unless the request also carries
 audio), an audio path, or an audio array (`{"array", "sampling_rate"}`, the datasets Audio feature). The items then
 go through `pipeline.eval.generate.generate`, the function `launch/eval.py` calls, so the same checkpoint gives the
-same answers both ways.
+same answers both ways; a continuation is scored after the same prompt by `pipeline.eval.likelihood`.
 
     lmms-eval --model avtrain --model_args pretrained=runs/merged --batch_size 8 --tasks ... --include_path ...
 """
@@ -91,11 +92,7 @@ class AVTrainLMM(lmms):
         answers: dict[int, str] = {}
         with tempfile.TemporaryDirectory(prefix="avtrain-lmms-") as spool:
             for indices in groups.values():
-                items = []
-                for i in indices:
-                    context, _, doc_to_visual, doc_id, task, split = requests[i].args
-                    visuals = doc_to_visual(self.task_dict[task][split][doc_id]) if doc_to_visual else []
-                    items.append(request_item(str(i), context, list(visuals or []), Path(spool)))
+                items = [self._item(i, requests[i], Path(spool)) for i in indices]
                 kwargs = requests[indices[0]].args[1]
                 out = generate(
                     self.model,
@@ -111,7 +108,38 @@ class AVTrainLMM(lmms):
         return [answers[i] for i in range(len(requests))]
 
     def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
-        raise NotImplementedError("the avtrain model answers generate_until tasks only")
+        """Per request: (the continuation's negative log-likelihood Σ -log p, whether greedy decoding gives it).
+
+        The loss, not the log-probability, is lmms-eval 0.7's convention: its `multiple_choice` scoring picks the
+        option with the smallest value (`np.argmin`), as its own models return a loss. A request is (context,
+        continuation or the task's `doc_to_target`, doc_to_visual, doc_id, task, split), or (context, continuation)
+        without a document (the unconditional requests of `acc_mutual_info`)."""
+        import tempfile
+
+        from pipeline.eval.likelihood import continuation_logprobs
+
+        with tempfile.TemporaryDirectory(prefix="avtrain-lmms-") as spool:
+            items = [self._item(i, request, Path(spool)) for i, request in enumerate(requests)]
+            continuations = []
+            for request in requests:
+                target = request.args[1]
+                continuations.append(target if isinstance(target, str) else str(target(self._doc(request))))
+            scored = continuation_logprobs(self.model, items, continuations, self.batch_size, desc="avtrain")
+        return [(-logprob, greedy) for logprob, greedy in scored]
+
+    def _doc(self, request: Instance):
+        """The task document a request is about (None for a request without one)."""
+        if len(request.args) < 6:
+            return None
+        _, _, _, doc_id, task, split = request.args
+        return self.task_dict[task][split][doc_id]
+
+    def _item(self, i: int, request: Instance, spool: Path) -> Item:
+        """Request i's benchmark item: its context and the media its task's `doc_to_visual` gives for its document."""
+        doc = self._doc(request)
+        doc_to_visual = request.args[2] if doc is not None else None
+        visuals = doc_to_visual(doc) if doc_to_visual else []
+        return request_item(str(i), request.args[0], list(visuals or []), spool)
 
     def generate_until_multi_round(self, requests: list[Instance]) -> list[str]:
         raise NotImplementedError("the avtrain model answers single-round generate_until tasks only")
