@@ -26,7 +26,7 @@ import os
 import socket
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Generator
 from contextlib import closing, nullcontext, suppress
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -372,7 +372,7 @@ def run_steps(s: Session) -> None:
         go_on_or_stop(s)
 
 
-def _micro_batches(s: Session) -> Iterator[dict]:
+def _micro_batches(s: Session) -> Generator[dict, None, None]:
     """The loader's micro-batches, epoch after epoch until the last step; a rank whose data runs dry notes why in
     `s.dry` and ends early."""
     while s.step < s.total:
