@@ -9,7 +9,8 @@
 
 Exit status: 0 done; 1 no intact checkpoint to resume from, or no room to write (one line naming the directory and the
 space needed); 2 bad input (before any process group starts); 3 stopped by non-finite losses (checkpoint saved);
-75 stopped by SIGTERM or SIGUSR1 after a complete checkpoint (rerun with resume=auto; train.sbatch requeues).
+4 a rank has no decodable data left (checkpoint saved; one line names the rank, its shards and its skip counts); 75
+stopped by SIGTERM or SIGUSR1 after a complete checkpoint (rerun with resume=auto; train.sbatch requeues).
 
 Every check that can fail on the user's input (config keys and types, paths, shards, the stage-1 run, batch sizes
 against the DeepSpeed JSON) runs before any process group starts.
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.continual import run_continual
     from pipeline.storage import WriteError
     from pipeline.train.checkpoint import CheckpointError
-    from pipeline.train.loop import TrainingStopped, close_distributed, collective_timeout, train
+    from pipeline.train.loop import OutOfData, TrainingStopped, close_distributed, collective_timeout, train
     from pipeline.train.preempt import PREEMPTED_EXIT, Preempted
 
     try:
@@ -81,6 +82,11 @@ def main(argv: list[str] | None = None) -> int:
         close_distributed()
         print(f"error: {exc}", file=sys.stderr)
         return 3
+    except OutOfData as exc:  # raised on every rank alike, after a complete checkpoint
+        close_distributed()
+        if int(os.environ.get("RANK", 0)) == 0:
+            print(f"error: {exc}", file=sys.stderr)
+        return 4
     except CheckpointError as exc:  # raised on every rank alike
         close_distributed()
         if int(os.environ.get("RANK", 0)) == 0:

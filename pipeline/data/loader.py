@@ -47,13 +47,21 @@ def _identity(item: Any) -> Any:
     return item
 
 
+class DataExhausted(RuntimeError):
+    """A worker of this rank has no full batch of decodable samples left (one line: rank, shards, skip counts)."""
+
+
 class ShardLoader:
     """Iterates one epoch per `iter()`, `steps_per_epoch` batches on every rank; see the module docstring.
 
     Leaving the loop early and calling `iter()` again continues after the last batch handed out (same as a resume).
 
     `skipped` counts skipped samples by reason (bad_json, bad_field, bad_video, bad_audio, bad_image, missing_media,
-    placeholder_mismatch, rejected_by_processor, unreadable_shard) and `bad_shards` names the shards that failed.
+    placeholder_mismatch, rejected_by_processor), unreadable_shard (each failed read of a shard) and short_shard
+    (each shard found to hold fewer samples than its index promises, once); `bad_shards` names the shards that
+    failed and `short_shards` maps a short shard to (promised, found). Each is logged as a warning when it happens.
+    A worker whose whole pass gives no full batch makes the iteration raise `DataExhausted` (one line: the rank, the
+    shards, the skip counts); the epoch is then short on this rank.
     With `missing` (see `pipeline.data.missing`), `missing` counts the samples handed out without audio or visual.
     `worker_init` runs first in every DataLoader worker (the training loop makes workers outlive its stop signals).
     """
@@ -87,6 +95,7 @@ class ShardLoader:
         self.skipped: Counter = Counter()
         self.missing: Counter = Counter()
         self.bad_shards: list[str] = []
+        self.short_shards: dict[str, tuple[int, int]] = {}
 
     def plan(self, epoch: int | None = None) -> EpochPlan:
         return epoch_plan(self.shards, self.cfg, self.epoch if epoch is None else epoch, self.rank, self.world_size)
@@ -117,10 +126,11 @@ class ShardLoader:
         for item in loader:
             self.skipped.update(item["skipped"])
             self.missing.update(item["missing"])
-            for shard in item["bad_shards"]:
-                log.warning("data: cannot read shard %s", shard)
-                self.bad_shards.append(shard)
+            self._note(item["shards"])
             if item["batch"] is None:
+                if item["exhausted"]:
+                    counts = ", ".join(f"{k}={v}" for k, v in sorted(self.skipped.items())) or "none"
+                    raise DataExhausted(f"{item['exhausted']}; skipped on rank {self.rank}: {counts}")
                 continue
             self.workers[item["worker"]] = {k: item[k] for k in ("cycle", "offset", "done", "batches")}
             self.step += 1
@@ -128,6 +138,17 @@ class ShardLoader:
         if self.step != plan.steps:
             raise RuntimeError(f"data: rank {self.rank} yielded {self.step} batches, planned {plan.steps}")
         self.set_epoch(self.epoch + 1)
+
+    def _note(self, trouble: dict) -> None:
+        """Log and keep a worker's shard troubles; a short shard is counted and warned about once."""
+        for shard in trouble["unreadable"]:
+            log.warning("data: cannot read shard %s", shard)
+            self.bad_shards.append(shard)
+        for path, (promised, found) in trouble["short"].items():
+            if path not in self.short_shards:
+                log.warning("data: shard %s holds %d samples, its index promises %d", path, found, promised)
+                self.short_shards[path] = (promised, found)
+                self.skipped["short_shard"] += 1
 
     def _fingerprint(self) -> dict:
         shards = [[os.path.basename(s.path), s.samples] for src in self.shards for s in src]

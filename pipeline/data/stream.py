@@ -2,8 +2,9 @@
 
 Everything is a deterministic function of (seed, epoch, slot, pass), so a worker can resume exactly by replaying its
 raw stream and dropping the first `offset` samples without decoding them. A worker yields exactly its quota of
-batches (see `plan`); if corrupt samples leave a pass short, it starts another pass over its share (re-shuffled)
-to fill the quota, so every rank still runs the same number of steps.
+batches (see `plan`); if corrupt samples, unreadable shards or shards shorter than their index leave a pass short,
+it starts another pass over its share (re-shuffled) to fill the quota, so every rank still runs the same number of
+steps. Only when a whole pass gives no full batch does it end short, and say so (the loader raises `DataExhausted`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import functools
 import random
 from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import torch
@@ -26,13 +28,37 @@ from pipeline.model.processor import AVSample
 Processor = Callable[[list[AVSample]], dict]
 
 
-def read_shard(ref: ShardRef, skipped: Counter, bad_shards: list[str]) -> Iterator[dict]:
-    """Samples of one tar (only allowed extensions are read); an unreadable shard is counted and named, not raised."""
+@dataclass
+class ShardTrouble:
+    """What reading shards went wrong with since it was last handed on: `unreadable` names the shards that failed
+    (path: error), `short` maps a shard that read to its end with fewer samples than its index promises to
+    (promised, found)."""
+
+    unreadable: list[str] = field(default_factory=list)
+    short: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    def take(self) -> dict:
+        """The json-able record for the item handed out, and a clean slate."""
+        record = {"unreadable": list(self.unreadable), "short": dict(self.short)}
+        self.unreadable.clear()
+        self.short.clear()
+        return record
+
+
+def read_shard(ref: ShardRef, skipped: Counter, trouble: ShardTrouble) -> Iterator[dict]:
+    """Samples of one tar (only allowed extensions are read). An unreadable shard is counted and named, not raised;
+    one that holds fewer samples than its index promises is noted (the loader counts it once)."""
+    found = 0
     try:
-        yield from wds.tarfile_samples([{"url": ref.path}], select_files=allowed_file)
+        for sample in wds.tarfile_samples([{"url": ref.path}], select_files=allowed_file):
+            found += 1
+            yield sample
     except Exception as exc:  # missing file, truncated or garbage tar: tarfile/gopen raise various types
         skipped["unreadable_shard"] += 1
-        bad_shards.append(f"{ref.path}: {type(exc).__name__}: {exc}")
+        trouble.unreadable.append(f"{ref.path}: {type(exc).__name__}: {exc}")
+        return
+    if found < ref.samples:
+        trouble.short[ref.path] = (ref.samples, found)
 
 
 def mix(streams: list[Iterator[dict]], weights: list[float], rng: random.Random) -> Iterator[dict]:
@@ -47,10 +73,12 @@ def mix(streams: list[Iterator[dict]], weights: list[float], rng: random.Random)
 
 
 class WorkerStream(torch.utils.data.IterableDataset):
-    """Yields dicts {"batch", "worker", "cycle", "offset", "done", "batches", "skipped", "missing", "bad_shards"}:
+    """Yields dicts {"batch", "worker", "cycle", "offset", "done", "batches", "skipped", "missing", "shards"}:
     the batch and the worker's position after it (pass, raw samples pulled before the current grouping window,
-    batches handed out from that window, batches made). The last item per worker has batch None and only the
-    counts since the last batch. `resume` maps worker -> {cycle, offset, done, batches}. With `missing`, samples
+    batches handed out from that window, batches made), and the counts and shard troubles (`ShardTrouble.take`)
+    since the last item. The last item per worker has batch None and only those counts; when a whole pass over the
+    worker's share gave no full batch (another pass would not get further), it also says so in "exhausted" and the
+    worker ends short of its quota. `resume` maps worker -> {cycle, offset, done, batches}. With `missing`, samples
     lose a modality as `pipeline.data.missing` describes; `missing` counts them by the modality lost.
 
     Batching (`data.batching`): every mode forms micro-batches of `micro_batch_size` samples, so the plan's step
@@ -79,9 +107,9 @@ class WorkerStream(torch.utils.data.IterableDataset):
         if cfg.batching == "pack":
             self.collate = functools.partial(cast(Any, processor).pack, max_tokens=cfg.max_tokens)
         self.resume = resume or {}
-        self.bad: list[str] = []
+        self.trouble = ShardTrouble()
 
-    def raw(self, share: list[ShardRef], slot: int, cycle: int, skipped: Counter, bad: list[str]) -> Iterator[dict]:
+    def raw(self, share: list[ShardRef], slot: int, cycle: int, skipped: Counter) -> Iterator[dict]:
         """The worker's raw (undecoded) sample stream for one pass: sources mixed by weight, then shuffled."""
         tag = f"{self.cfg.seed}-{self.epoch}-{slot}-{cycle}"
         order = random.Random(f"order-{tag}")
@@ -92,7 +120,7 @@ class WorkerStream(torch.utils.data.IterableDataset):
             if mine:
                 if cycle:
                     order.shuffle(mine)
-                streams.append(s for ref in mine for s in read_shard(ref, skipped, bad))
+                streams.append(s for ref in mine for s in read_shard(ref, skipped, self.trouble))
                 weights.append(src.weight)
         mixed = mix(streams, weights, random.Random(f"mix-{tag}"))
         size = self.cfg.shuffle_buffer
@@ -131,7 +159,7 @@ class WorkerStream(torch.utils.data.IterableDataset):
         size = mbs * (self.cfg.group_batches if self.cfg.batching == "group" else 1)
         buffer: list = []
         start, pulled = offset, offset
-        for pulled, sample in enumerate(self.raw(share, slot, cycle, skipped, self.bad), start=1):
+        for pulled, sample in enumerate(self.raw(share, slot, cycle, skipped), start=1):
             if pulled <= offset:
                 continue
             replay = (Counter(), Counter()) if done else (skipped, missing)
@@ -165,7 +193,8 @@ class WorkerStream(torch.utils.data.IterableDataset):
         cycle, offset, batches, done = state["cycle"], state["offset"], state["batches"], state.get("done", 0)
         skipped: Counter = Counter()
         missing: Counter = Counter()
-        self.bad = []
+        self.trouble = ShardTrouble()
+        exhausted = None
         while batches < quota:
             made = 0
             for batch, position, in_window in self._windows(share, slot, cycle, offset, done, (skipped, missing)):
@@ -180,27 +209,28 @@ class WorkerStream(torch.utils.data.IterableDataset):
                     "batches": batches,
                     "skipped": dict(skipped),
                     "missing": dict(missing),
-                    "bad_shards": list(self.bad),
+                    "shards": self.trouble.take(),
                 }
                 skipped.clear()
                 missing.clear()
-                self.bad.clear()
                 if batches == quota:
                     break
             else:
-                if made == 0 and offset == 0:  # another pass would not get further: fail loudly rather than spin
+                if made == 0 and offset == 0:  # another pass would not get further: say so rather than spin
                     names = ", ".join(s.path for s in share)
-                    raise RuntimeError(
-                        f"data: rank {self.rank} worker {worker}'s shards do not hold one full batch of "
-                        f"decodable samples ({names}); see the skip counts"
+                    exhausted = (
+                        f"data: rank {self.rank} has no decodable batch left: a whole pass over worker {worker}'s "
+                        f"shards ({names}) gave fewer than micro_batch_size={self.cfg.micro_batch_size} usable samples"
                     )
+                    break
                 cycle, offset, done = cycle + 1, 0, 0
         yield {
             "batch": None,
             "worker": worker,
             "skipped": dict(skipped),
             "missing": dict(missing),
-            "bad_shards": list(self.bad),
+            "shards": self.trouble.take(),
+            "exhausted": exhausted,
         }
 
 

@@ -111,15 +111,17 @@ def save_checkpoint(
     adapter_cfg: AdapterConfig | None,
     keep_last: int,
     config_hash: str,
+    rng: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Save everything needed for an exact resume at optimizer step `step`; every rank must call it."""
+    """Save everything needed for an exact resume at optimizer step `step`; every rank must call it. `rng`: the RNG
+    state at that step, when the caller has drawn since (default: the current one)."""
     target = run_dir.checkpoint(step)
     needed = checkpoint_bytes(engine, run_dir)
     _make_room(target, needed)
     rank = _rank()
     try:
         engine.save_checkpoint(str(target.parent), tag=target.name, save_latest=False)
-        save_file(rng_state(), str(target / f"rank-{rank}.safetensors"))
+        save_file(rng if rng is not None else rng_state(), str(target / f"rank-{rank}.safetensors"))
         (target / f"rank-{rank}.json").write_text(json.dumps({**rank_state, "step": step, "config_hash": config_hash}))
         write_trainables(engine.module, adapter_cfg, export_dir(target))
         fsync_tree(target)

@@ -7,8 +7,10 @@ A step is one optimizer step over `gradient_accumulation_steps` micro-batches on
 `Window`). Checkpoints are taken at step boundaries, so a resumed run replays exactly the micro-batches an
 uninterrupted run would have seen next. A non-finite loss on any rank drops that micro-batch on every rank (no
 backward, so ranks stay in step); after `train.max_bad_steps` in a row the run saves a checkpoint and stops.
-SIGTERM or SIGUSR1 (a cluster's preemption or time-limit warning) stops every rank after the current step with a
-complete checkpoint (`pipeline.train.preempt`).
+Before each window's first forward the ranks agree whether to go on (`go_on_or_stop`): a stop signal (SIGTERM or
+SIGUSR1, a cluster's preemption or time-limit warning, `pipeline.train.preempt`) or a rank whose data ran dry
+(`DataExhausted`: no full batch of decodable samples left in a worker's shards) stops every rank there, after one
+complete checkpoint of the last finished step.
 
 Loss normalisation: the step's loss is the mean over all label tokens of the window (every micro-batch on every
 rank), whatever the split into micro-batches, packed rows and ranks: `window_items` counts them once per window
@@ -24,6 +26,7 @@ import os
 import socket
 import time
 from collections import Counter
+from collections.abc import Generator
 from contextlib import closing, nullcontext, suppress
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -38,10 +41,10 @@ from transformers import get_cosine_schedule_with_warmup
 from pipeline.adapters import AttachReport, adapter_layers, aux_loss
 from pipeline.adapters.dominance import DominanceProbe
 from pipeline.config import save_config, to_dict
-from pipeline.data.loader import ShardLoader
+from pipeline.data.loader import DataExhausted, ShardLoader
 from pipeline.model.loss import count_targets
 from pipeline.rundir import RunDir, write_trainables
-from pipeline.train.checkpoint import CheckpointError, damage, load_checkpoint, save_checkpoint
+from pipeline.train.checkpoint import CheckpointError, damage, load_checkpoint, rng_state, save_checkpoint
 from pipeline.train.config import RunConfig
 from pipeline.train.ds_config import offloads_optimizer, resolve_ds_config
 from pipeline.train.logging import MetricsLogger
@@ -52,6 +55,11 @@ from pipeline.train.stages import build_model, check_stage1_run
 
 class TrainingStopped(RuntimeError):
     """Raised after too many consecutive non-finite losses (a checkpoint was saved first)."""
+
+
+class OutOfData(RuntimeError):
+    """Raised on every rank when some rank has no decodable batch left (a checkpoint was saved first); one line
+    naming that rank, its shards and its skip counts."""
 
 
 def pick_device(cfg: RunConfig) -> torch.device:
@@ -191,21 +199,30 @@ class Session:
     log: MetricsLogger
     dominance_every: int  # 0: the adapter has no A to probe, or no probing asked for
     stop: StopRequest  # a stop signal this rank received
+    boundary: dict  # the loader position and RNG state at the last finished step: what a checkpoint saves
     step: int = 0
+    saved: int = -1  # the step of the newest checkpoint this run saved or resumed from
     bad_in_row: int = 0
     dropped: int = 0
+    micro_batches: int = 0  # micro-batches this rank ran forward (dropped ones too)
+    dry: str | None = None  # why this rank's data ran out (`DataExhausted`)
+
+    def at_step_end(self) -> None:
+        self.boundary = {"data": self.loader.state_dict(), "rng": rng_state()}
 
     def save(self) -> None:
-        """A complete checkpoint at the current step (every rank)."""
+        """A complete checkpoint at the last finished step (every rank), whatever was pulled from the loader since."""
         save_checkpoint(
             self.engine,
             self.run_dir,
             self.step,
-            {"data": self.loader.state_dict()},
+            {"data": self.boundary["data"]},
             self.cfg.adapter if self.report else None,
             self.cfg.train.keep_last,
             self.config_hash,
+            self.boundary["rng"],
         )
+        self.saved = self.step
 
 
 def train(cfg: RunConfig, start_from: Path | None = None, task: int = 0) -> Path:
@@ -305,6 +322,8 @@ def prepare(cfg: RunConfig, start_from: Path | None, task: int, stop: StopReques
     # the Non-Text Dominance Rate is defined for LoRA-family adapters (A matrices); other adapters log none
     lora_family = report is not None and any(type(m).lora_family for m in adapter_layers(engine.module).values())
     return Session(
+        boundary={"data": loader.state_dict(), "rng": rng_state()},
+        saved=step if resume is not None else -1,
         cfg=cfg,
         run_dir=run_dir,
         device=device,
@@ -332,23 +351,57 @@ def run_steps(s: Session) -> None:
     gas = s.cfg.optim.gradient_accumulation_steps
     window = Window()
     pending: list[dict] = []
+    with closing(_micro_batches(s)) as batches:  # a generator: closed on the way out
+        for batch in batches:
+            pending.append(_to_device(batch, s.device))
+            if len(pending) < gas - window.micro:
+                continue
+            go_on_or_stop(s)
+            if window.items is None:
+                window.items = window_items(pending, s.device, s.world, gas)
+            for micro in pending:
+                micro_step(s, micro, window)
+            pending = []
+            if window.micro < gas:  # a non-finite micro-batch was dropped: the next one takes its place
+                continue
+            end_step(s, window)
+            window = Window()
+            if s.step >= s.total:
+                return
+    if s.dry is not None:  # meet the other ranks where they ask whether to go on: every rank stops there
+        go_on_or_stop(s)
+
+
+def _micro_batches(s: Session) -> Generator[dict, None, None]:
+    """The loader's micro-batches, epoch after epoch until the last step; a rank whose data runs dry notes why in
+    `s.dry` and ends early."""
     while s.step < s.total:
-        with closing(s.loader.__iter__()) as batches:  # a generator: closed on the way out
-            for batch in batches:
-                pending.append(_to_device(batch, s.device))
-                if len(pending) < gas - window.micro:
-                    continue
-                if window.items is None:
-                    window.items = window_items(pending, s.device, s.world, gas)
-                for micro in pending:
-                    micro_step(s, micro, window)
-                pending = []
-                if window.micro < gas:  # a non-finite micro-batch was dropped: the next one takes its place
-                    continue
-                end_step(s, window)
-                window = Window()
-                if s.step >= s.total:
-                    break
+        with closing(s.loader.__iter__()) as epoch:
+            try:
+                yield from epoch
+            except DataExhausted as exc:
+                s.dry = str(exc)
+                return
+
+
+def go_on_or_stop(s: Session) -> None:
+    """Where the ranks agree whether to go on, before a window's first forward (and before a micro-batch that
+    replaces a dropped one): one all-reduce of this rank's stop signal and whether its data ran dry (the dry rank
+    calls it without a batch). If any rank says stop, every rank saves the checkpoint of the last finished step
+    (unless it has one) and raises the same: `OutOfData` when a rank ran dry, else `Preempted`."""
+    signals, dry = _all_sum([float(s.stop.signal is not None), float(s.dry is not None)], s.device)
+    if not signals and not dry:
+        return
+    if s.saved != s.step:
+        s.save()
+    where = f"stopped after step {s.step} of {s.total} with a complete checkpoint in {s.run_dir.checkpoint(s.step)}"
+    if dry:
+        gathered: list = [None] * s.world
+        dist.all_gather_object(gathered, s.dry)
+        reasons = "; ".join(reason for reason in gathered if reason)
+        raise OutOfData(f"{reasons}; {where}; fix or replace those shards, then run again with resume=auto")
+    why = s.stop.signal.name if s.stop.signal else "a stop signal on another rank"
+    raise Preempted(f"{why}: {where}; run again with resume=auto to continue")
 
 
 def window_items(batches: list[dict], device: torch.device, world: int, gas: int) -> float:
@@ -379,6 +432,7 @@ def _attended_tokens(batch: dict) -> int:
 def micro_step(s: Session, batch: dict, window: Window) -> bool:
     """Forward and backward of one micro-batch into `window`; False when a non-finite loss dropped it everywhere."""
     engine = s.engine
+    s.micro_batches += 1
     probing = s.dominance_every and window.micro == 0 and (s.step + 1) % s.dominance_every == 0
     chunk = s.cfg.train.loss_chunk_tokens if s.cfg.train.chunked_loss else 0
     with DominanceProbe(engine.module) if probing else nullcontext() as probe:
@@ -405,12 +459,12 @@ def micro_step(s: Session, batch: dict, window: Window) -> bool:
 
 
 def end_step(s: Session, window: Window) -> None:
-    """Count the optimizer step the window completed; log it, take a periodic checkpoint, and stop every rank here
-    (after a checkpoint) when any rank received a stop signal."""
+    """Count the optimizer step the window completed; log it and take a periodic checkpoint."""
     cfg = s.cfg
     s.step += 1
-    counters = [window.loss, window.tokens, sum(s.loader.skipped.values()), float(s.stop.signal is not None)]
-    loss_sum, tokens, skipped, stopping = _all_sum(counters, s.device)
+    s.at_step_end()
+    counters = [window.loss, window.tokens, sum(s.loader.skipped.values())]
+    loss_sum, tokens, skipped = _all_sum(counters, s.device)
     if s.step % cfg.train.log_every == 0 or s.step == s.total:
         gas = cfg.optim.gradient_accumulation_steps
         elapsed = max(time.time() - window.started, 1e-9)
@@ -427,17 +481,8 @@ def end_step(s: Session, window: Window) -> None:
         if window.dominance is not None:
             metrics["nontext_dominance"] = window.dominance
         s.log.log(metrics)
-    saving = cfg.train.save_every and s.step % cfg.train.save_every == 0
-    if saving and s.step < s.total:
+    if cfg.train.save_every and s.step % cfg.train.save_every == 0 and s.step < s.total:
         s.save()
-    if stopping and s.step < s.total:  # at the last step the run simply finishes
-        if not saving:
-            s.save()
-        why = s.stop.signal.name if s.stop.signal else "a stop signal on another rank"
-        raise Preempted(
-            f"{why}: stopped after step {s.step} of {s.total} with a complete checkpoint in "
-            f"{s.run_dir.checkpoint(s.step)}; run again with resume=auto to continue"
-        )
 
 
 # ---- 3. finish: last checkpoint, export, data report ---------------------------------------------------------------
@@ -447,12 +492,19 @@ def finish(s: Session) -> None:
     s.save()
     write_trainables(s.engine.module, s.cfg.adapter if s.report else None, s.run_dir.final)
     gathered: list = [None] * s.world
-    dist.all_gather_object(gathered, (dict(s.loader.skipped), s.loader.bad_shards, dict(s.loader.missing)))
+    loader = s.loader
+    mine = (dict(loader.skipped), loader.bad_shards, dict(loader.missing), loader.short_shards, s.micro_batches)
+    dist.all_gather_object(gathered, mine)
     skipped = sum((Counter(part[0]) for part in gathered), Counter())
     missing = sum((Counter(part[2]) for part in gathered), Counter())
     if s.rank == 0:
-        bad_shards = sorted({shard for part in gathered for shard in part[1]})
-        data_report = {"skipped": dict(skipped), "bad_shards": bad_shards, "missing_modality": dict(missing)}
+        data_report = {
+            "skipped": dict(skipped),
+            "bad_shards": sorted({shard for part in gathered for shard in part[1]}),
+            "short_shards": {path: list(counts) for part in gathered for path, counts in sorted(part[3].items())},
+            "missing_modality": dict(missing),
+            "micro_batches_per_rank": [part[4] for part in gathered],
+        }
         s.run_dir.data_report.write_text(json.dumps(data_report, indent=2))
         s.log.note(f"skipped samples: {dict(skipped) or 'none'}")
         if s.cfg.missing.rate > 0:

@@ -1,8 +1,9 @@
 """Stop at an optimizer-step boundary when the cluster asks (SIGTERM, SIGUSR1), with a checkpoint to come back to.
 
-A signal handler only records the request. The loop sums the flags of all ranks in the all-reduce it already does at
-the end of every step (`loop.end_step`), so every rank learns of the request at the same step, no rank enters a
-collective alone, and they all save one complete checkpoint there and leave with `PREEMPTED_EXIT`.
+A signal handler only records the request. Before each step's first forward the loop sums the flags of all ranks in
+one all-reduce (`loop.go_on_or_stop`, which also carries a rank whose data ran dry), so every rank learns of the
+request at the same step, no rank enters a collective alone, and they all save one complete checkpoint of the last
+finished step and leave with `PREEMPTED_EXIT`.
 `launch/slurm/train.sbatch` turns that status into `scontrol requeue`; the requeued job resumes with `resume=auto`.
 """
 

@@ -1,13 +1,15 @@
 """Corrupt media and json are skipped and counted by reason; unreadable shards are named; nothing is unpickled."""
 
 import json
+import logging
 import pickle
+import shutil
 from pathlib import Path
 
 import pytest
 import webdataset as wds
 
-from pipeline.data.loader import ShardLoader
+from pipeline.data.loader import DataExhausted, ShardLoader
 from pipeline.data.sample import allowed_file
 from tests.data.conftest import config, ids
 
@@ -51,13 +53,13 @@ def damaged(shards, tmp_path_factory) -> tuple[Path, Path]:
     payload = pickle.dumps(_WritesFile(marker))
     good = _originals(shards)  # 9 samples
     bad = [dict(s) for s in good[:5]]
-    bad[0]["mp4"] = bad[0]["mp4"][: len(bad[0]["mp4"]) // 3]           # truncated mp4
-    bad[1]["wav"] = b"RIFF\x10\x00\x00\x00WAVEgarbage" * 20          # garbage wav
-    bad[2]["json"] = bad[2]["json"][:-7]                             # broken json
+    bad[0]["mp4"] = bad[0]["mp4"][: len(bad[0]["mp4"]) // 3]  # truncated mp4
+    bad[1]["wav"] = b"RIFF\x10\x00\x00\x00WAVEgarbage" * 20  # garbage wav
+    bad[2]["json"] = bad[2]["json"][:-7]  # broken json
     doc = json.loads(bad[3]["json"])
-    doc["media"]["audio"] = "pyd"                                    # points the decoder at a pickle key
+    doc["media"]["audio"] = "pyd"  # points the decoder at a pickle key
     bad[3]["json"], bad[3]["pyd"] = json.dumps(doc).encode(), payload
-    bad[4]["pickle"] = payload                                       # an extra pickle key next to good media
+    bad[4]["pickle"] = payload  # an extra pickle key next to good media
     for i, s in enumerate(bad):
         s["__key__"] = f"bad{i}"
     directory = tmp / "shards"
@@ -123,8 +125,33 @@ def test_a_share_without_one_good_batch_fails_loudly(damaged):
     """Worker 1 gets the bad shard and the garbage tar: one good sample per pass never fills a batch of 2."""
     directory, _ = damaged
     loader = ShardLoader(config(directory, num_workers=0, micro_batch_size=2, shuffle_buffer=4), ids, 1, 2)
-    with pytest.raises(RuntimeError, match="do not hold one full batch"):
+    with pytest.raises(DataExhausted) as raised:
         list(loader)
+    message = str(raised.value)
+    assert message.startswith("data: rank 1 has no decodable batch left: a whole pass over worker 0's shards (")
+    assert "bad-0.tar" in message and "garbage-0.tar" in message and "\n" not in message
+    assert "skipped on rank 1: " in message and "unreadable_shard=1" in message, message
+
+
+def test_a_shard_shorter_than_its_index_is_reported_once_and_refilled(shards, tmp_path, caplog):
+    """Real tars from data_prep.shard, one over-promised in the index: warned about and counted once over two
+    epochs (each reads it again, twice with the refill pass), and every epoch still yields its planned batches."""
+    directory = tmp_path / "short"
+    shutil.copytree(shards["llava"], directory)
+    index = next(directory.glob("*.index.json"))
+    doc = json.loads(index.read_text())
+    first = doc["shards"][0]
+    found, first["samples"] = first["samples"], first["samples"] + 3
+    index.write_text(json.dumps(doc))
+    loader = ShardLoader(config(directory, num_workers=0, micro_batch_size=1, shuffle_buffer=2), ids)
+    with caplog.at_level(logging.WARNING, logger="pipeline.data.loader"):
+        for _ in range(2):
+            assert len(list(loader)) == loader.plan(loader.epoch).steps == found + 3 + 2 * (len(doc["shards"]) - 1)
+    path = str(directory / first["name"])
+    assert loader.short_shards == {path: (found + 3, found)}
+    assert loader.skipped["short_shard"] == 1
+    warned = [r.getMessage() for r in caplog.records if "index promises" in r.getMessage()]
+    assert warned == [f"data: shard {path} holds {found} samples, its index promises {found + 3}"]
 
 
 def test_processor_rejections_are_counted(damaged):
@@ -250,10 +277,12 @@ MALFORMED = [
     ("strip-names-a-missing-entry", _then(_predecoded, _set("media.video.strip", "gone.jpg")), "missing_media"),
     ("mp4-empty", lambda s: s.update(mp4=b""), "bad_video"),
     ("wav-empty", lambda s: s.update(wav=b""), "bad_audio"),
-    ("image-garbage", _then(lambda s: s.update(jpg=b"\x89PNG not really"), _set("media.images", ["jpg"])),
-     "bad_image"),
-    ("placeholder-without-medium", _set("conversations.0.value", "<video>\n<audio>\n<image>\nHow many?"),
-     "placeholder_mismatch"),
+    ("image-garbage", _then(lambda s: s.update(jpg=b"\x89PNG not really"), _set("media.images", ["jpg"])), "bad_image"),
+    (
+        "placeholder-without-medium",
+        _set("conversations.0.value", "<video>\n<audio>\n<image>\nHow many?"),
+        "placeholder_mismatch",
+    ),
     ("medium-without-placeholder", _set("conversations.0.value", "How many beeps?"), "placeholder_mismatch"),
 ]
 
