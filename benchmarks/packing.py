@@ -39,15 +39,13 @@ import numpy as np
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipeline.adapters import AdapterConfig, attach, mark_trainable  # noqa: E402
-from pipeline.data.stream import window_batches  # noqa: E402
-from pipeline.model.avllm import AVLLM  # noqa: E402
-from pipeline.model.config import ModelConfig  # noqa: E402
-from pipeline.model.processor import IGNORE_INDEX, AVProcessor, EncodedSample  # noqa: E402
-from pipeline.testing.tiny import write_tiny  # noqa: E402
-from pipeline.train.config import TrainConfig  # noqa: E402
+from pipeline.adapters import AdapterConfig, attach, mark_trainable
+from pipeline.data.stream import window_batches
+from pipeline.model.avllm import AVLLM
+from pipeline.model.config import ModelConfig
+from pipeline.model.processor import IGNORE_INDEX, AVProcessor, EncodedSample
+from pipeline.testing.tiny import write_tiny
+from pipeline.train.config import TrainConfig
 
 GROUP_BATCHES = 4  # data.group_batches
 VOCAB_MEMORY, WIDTH_MEMORY, TOKENS_MEMORY, LABELS_MEMORY = 152_064, 256, 4096, 1024
