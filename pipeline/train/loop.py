@@ -389,7 +389,7 @@ def go_on_or_stop(s: Session) -> None:
     replaces a dropped one): one all-reduce of this rank's stop signal and whether its data ran dry (the dry rank
     calls it without a batch). If any rank says stop, every rank saves the checkpoint of the last finished step
     (unless it has one) and raises the same: `OutOfData` when a rank ran dry, else `Preempted`."""
-    signals, dry = _all_sum([float(s.stop.signal is not None), float(s.dry is not None)], s.device)
+    signals, dry = _all_sum([float(s.stop.requested), float(s.dry is not None)], s.device)
     if not signals and not dry:
         return
     if s.saved != s.step:
@@ -400,8 +400,7 @@ def go_on_or_stop(s: Session) -> None:
         dist.all_gather_object(gathered, s.dry)
         reasons = "; ".join(reason for reason in gathered if reason)
         raise OutOfData(f"{reasons}; {where}; fix or replace those shards, then run again with resume=auto")
-    why = s.stop.signal.name if s.stop.signal else "a stop signal on another rank"
-    raise Preempted(f"{why}: {where}; run again with resume=auto to continue")
+    raise Preempted(f"{s.stop.why}: {where}; run again with resume=auto to continue")
 
 
 def window_items(batches: list[dict], device: torch.device, world: int, gas: int) -> float:

@@ -5,6 +5,10 @@ one all-reduce (`loop.go_on_or_stop`, which also carries a rank whose data ran d
 request at the same step, no rank enters a collective alone, and they all save one complete checkpoint of the last
 finished step and leave with `PREEMPTED_EXIT`.
 `launch/slurm/train.sbatch` turns that status into `scontrol requeue`; the requeued job resumes with `resume=auto`.
+
+On one node, DeepSpeed's `deepspeed` command (its runner) does not pass SIGTERM on: it dies, and its child
+`deepspeed.launcher.launch` and the ranks would train on unattended. So a rank started that way also watches the
+runner: once it is gone (`launcher_gone`), the rank stops as if it had been signalled.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from __future__ import annotations
 import signal
 from types import FrameType
 from typing import Any
+
+import psutil
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 # EX_TEMPFAIL of sysexits.h: "a temporary failure; the user is invited to retry"
@@ -29,6 +35,28 @@ class StopRequest:
     def __init__(self) -> None:
         self.signal: signal.Signals | None = None
         self._previous: dict[int, Any] = {}
+        self._runner = deepspeed_runner()
+
+    @property
+    def requested(self) -> bool:
+        """A stop signal arrived, or the `deepspeed` runner that started this rank is gone."""
+        return self.signal is not None or self.launcher_gone
+
+    @property
+    def launcher_gone(self) -> bool:
+        if self._runner is None:
+            return False
+        launch, runner = self._runner
+        try:
+            return launch.ppid() != runner  # reparented: the runner died
+        except psutil.Error:
+            return True
+
+    @property
+    def why(self) -> str:
+        if self.signal is not None:
+            return self.signal.name
+        return "the deepspeed command ended" if self.launcher_gone else "a stop signal on another rank"
 
     def __enter__(self) -> StopRequest:
         try:
@@ -46,6 +74,21 @@ class StopRequest:
 
     def _record(self, signum: int, frame: FrameType | None) -> None:
         self.signal = signal.Signals(signum)
+
+
+def deepspeed_runner() -> tuple[psutil.Process, int] | None:
+    """(this rank's `deepspeed.launcher.launch` parent, the PID of the `deepspeed` runner that started it), when this
+    rank was started by the `deepspeed` command on this node; None otherwise (torchrun, srun, a single process)."""
+    try:
+        launch = psutil.Process().parent()
+        if launch is None or "deepspeed.launcher.launch" not in launch.cmdline():
+            return None
+        runner = launch.parent()
+        if runner is None or not any(arg.rsplit("/", 1)[-1] in ("deepspeed", "ds") for arg in runner.cmdline()[:2]):
+            return None
+        return launch, runner.pid
+    except psutil.Error:
+        return None
 
 
 def ignore_stop_signals(*_: object) -> None:
