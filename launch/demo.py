@@ -64,6 +64,8 @@ def prepare_data(out: Path, n: int, seed: int) -> None:
 
 
 def train(out: Path, stage: int, nproc: int, extra: list[str]) -> Path:
+    from pipeline.compare.runner import free_port
+
     run = out / f"stage{stage}"
     t = step(f"stage {stage}: deepspeed --num_gpus {nproc} launch/train.py --config configs/demo/stage{stage}.yaml")
     if (run / "final" / "trainables.safetensors").is_file():
@@ -84,6 +86,8 @@ def train(out: Path, stage: int, nproc: int, extra: list[str]) -> Path:
         str(Path(sys.executable).parent / "deepspeed"),
         "--num_gpus",
         str(nproc),
+        "--master_port",  # not DeepSpeed's default 29500: another run on this machine may hold it
+        str(free_port()),
         "launch/train.py",
         "--config",
         f"configs/demo/stage{stage}.yaml",
