@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -61,11 +62,15 @@ def test_one_process_and_two_ranks_agree(runs, bench):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("bench", BENCHES)
-def test_scoring_a_predictions_file_reproduces_the_metrics(runs, bench, tmp_path):
+def test_scoring_a_predictions_file_reproduces_the_metrics(runs, bench, checkpoint, tmp_path):
     single, _, data = runs
     assert main(["--bench", bench, *data[bench], "--predictions", str(single / bench / "predictions.jsonl"),
                  "--out", str(tmp_path / bench)]) == 0
-    assert read(tmp_path, bench) == read(single, bench)
+    scored_lines, scored = read(tmp_path, bench)
+    model_lines, model_run = read(single, bench)
+    assert "model" not in scored  # no model ran: nothing to name
+    assert model_run.pop("model")["path"] == str(Path(checkpoint).resolve())  # the model run names its weights
+    assert (scored_lines, scored) == (model_lines, model_run)
 
 
 @pytest.mark.slow
