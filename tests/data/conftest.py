@@ -1,5 +1,6 @@
 """Session fixtures: synthetic raw data and real tar shards (raw and predecoded), built once."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -34,3 +35,21 @@ def ids(samples) -> dict:
 
 def config(*dirs: Path, **kw) -> DataConfig:
     return DataConfig(sources=[SourceConfig(shards=str(d)) for d in dirs], **kw)
+
+
+def stop_and_resume(make, k: int) -> tuple[list, list, list, object]:
+    """One epoch of a fresh loader from `make()` (its batches' ids), and the same epoch cut after k batches: the
+    first k from one loader, the rest from a new one restored from the first's state (through json). Returns
+    (full, head, tail, the restored loader)."""
+    full = [tuple(b["ids"]) for b in make()]
+    first = make()
+    head = []
+    for batch in first:
+        head.append(tuple(batch["ids"]))
+        if len(head) == k:
+            break
+    resumed = make()
+    resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))
+    tail = [tuple(b["ids"]) for b in resumed]
+    return full, head, tail, resumed
+

@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.data.loader import ShardLoader
 from pipeline.model.processor import first_fit_decreasing
-from tests.data.conftest import config
+from tests.data.conftest import config, stop_and_resume
 from tests.data.test_loader import _all_keys
 
 
@@ -93,17 +93,7 @@ def test_resume_continues_exactly(shards, mode, k):
     def make() -> ShardLoader:
         return loader(dirs, 0, 1, **MODES[mode])
 
-    full = [tuple(b["ids"]) for b in make()]
-    first = make()
-    head = []
-    for batch in first:
-        head.append(tuple(batch["ids"]))
-        if len(head) == k:
-            break
-    state = json.loads(json.dumps(first.state_dict()))
-    resumed = make()
-    resumed.load_state_dict(state)
-    tail = [tuple(b["ids"]) for b in resumed]
+    full, head, tail, resumed = stop_and_resume(make, k)
     assert len(head) + len(tail) == len(full) == resumed.steps_per_epoch
     assert sorted(head + tail) == sorted(full)
 

@@ -15,13 +15,13 @@ from pipeline.data.config import DataConfig, SourceConfig
 from pipeline.data.loader import ShardLoader
 from pipeline.data.plan import epoch_plan, resolve_all
 from pipeline.data.stream import mix
-from tests.data.conftest import config, ids
+from tests.data.conftest import config, ids, stop_and_resume
 
 ROOT = Path(__file__).resolve().parents[2]
 RANK_SCRIPT = """
 import json, sys
 from pipeline.data.loader import ShardLoader
-from tests.data.conftest import config, ids
+from tests.data.conftest import config, ids, stop_and_resume
 cfg = config(*sys.argv[1:], num_workers=2, micro_batch_size=4, shuffle_buffer=8)
 loader = ShardLoader(cfg, ids)  # rank and world size from RANK / WORLD_SIZE
 print(json.dumps({"steps": loader.steps_per_epoch, "batches": [b["ids"] for b in loader]}))
@@ -114,17 +114,7 @@ def test_resume_continues_exactly(shards, k):
         return ShardLoader(config(shards["music_avqa"], shards["llava"], num_workers=2, micro_batch_size=2,
                                   shuffle_buffer=6), ids)
 
-    full = [tuple(b["ids"]) for b in make()]
-    first = make()
-    head = []
-    for batch in first:
-        head.append(tuple(batch["ids"]))
-        if len(head) == k:
-            break
-    state = json.loads(json.dumps(first.state_dict()))
-    resumed = make()
-    resumed.load_state_dict(state)
-    tail = [tuple(b["ids"]) for b in resumed]
+    full, head, tail, resumed = stop_and_resume(make, k)
     assert len(head) + len(tail) == len(full) == resumed.steps_per_epoch
     assert sorted(head + tail) == sorted(full)  # same batches, same composition, nothing seen twice
     assert resumed.state_dict()["epoch"] == 1

@@ -51,3 +51,16 @@ def common_overrides(train_data: dict, out: Path, **extra) -> list[str]:
             "data.shuffle_buffer": 16}
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
+
+
+def assert_same_trainables(expected_run: Path, run: Path, atol: float = 1e-6) -> None:
+    """The two runs exported the same trainable tensors (final/trainables.safetensors), to `atol`."""
+    import torch
+    from safetensors.torch import load_file
+
+    a = load_file(expected_run / "final/trainables.safetensors")
+    b = load_file(run / "final/trainables.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=atol)
+

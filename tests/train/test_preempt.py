@@ -10,11 +10,16 @@ import signal
 import subprocess
 import time
 
-import torch
-from safetensors.torch import load_file
-
 from pipeline.train.preempt import StopRequest
-from tests.train.conftest import REPO, common_overrides, launch_env, metrics, run_train, train_cmd
+from tests.train.conftest import (
+    REPO,
+    assert_same_trainables,
+    common_overrides,
+    launch_env,
+    metrics,
+    run_train,
+    train_cmd,
+)
 
 CONFIG = REPO / "configs/demo/stage1.yaml"
 
@@ -69,11 +74,7 @@ def test_sigterm_to_deepspeed_mid_run_saves_a_checkpoint_and_resume_matches(trai
     resumed = run_train(CONFIG, overrides(train_data, out))
     straight = run_train(CONFIG, overrides(train_data, tmp_path / "straight"))
     assert [r["step"] for r in metrics(resumed)] == list(range(1, 7))
-    a = load_file(straight / "final/trainables.safetensors")
-    b = load_file(resumed / "final/trainables.safetensors")
-    assert a.keys() == b.keys()
-    for name in a:
-        torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-6)
+    assert_same_trainables(straight, resumed)
 
 
 def test_stop_request_records_the_signal_and_gives_the_handler_back():

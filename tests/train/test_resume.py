@@ -9,10 +9,16 @@ import subprocess
 import time
 
 import pytest
-import torch
-from safetensors.torch import load_file
 
-from tests.train.conftest import REPO, common_overrides, launch_env, metrics, run_train, train_cmd
+from tests.train.conftest import (
+    REPO,
+    assert_same_trainables,
+    common_overrides,
+    launch_env,
+    metrics,
+    run_train,
+    train_cmd,
+)
 
 CONFIG = REPO / "configs/demo/stage1.yaml"
 
@@ -48,11 +54,7 @@ def test_sigkill_then_resume_auto_equals_uninterrupted(train_data, tmp_path, bat
 
     resumed = run_train(CONFIG, overrides(train_data, out, batching))
     assert [r["step"] for r in metrics(resumed)] == list(range(1, 11))
-    a = load_file(straight / "final/trainables.safetensors")
-    b = load_file(resumed / "final/trainables.safetensors")
-    assert a.keys() == b.keys()
-    for name in a:
-        torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-6)
+    assert_same_trainables(straight, resumed)
     for x, y in zip(metrics(straight), metrics(resumed)):
         assert abs(x["loss"] - y["loss"]) < 1e-5, (x, y)
     kept = sorted(p.name for p in (out / "checkpoints").glob("step-*") if (p / "COMPLETE").exists())
