@@ -4,8 +4,9 @@
 each with a train split of about N items and a held-out test split (other clips) of N//4 (at least 4). Every answer is
 determined by the media and the answers are balanced, so the question text alone cannot answer (see the tiny-model
 notes): the colour of the square, its side, how many beeps, whether the beeps come before or after the square appears,
-which is louder (beeps or hum), the event's timbre and time range, high vs low pitch; and in image_qa (LLaVA json +
-jpg, POPE- and MMBench-style questions, `data_prep.scenes`) which shapes and colours are present, where, how many.
+which is louder (beeps or hum), the event's timbre and time range, high vs low pitch, which colours are where in a
+scene of shapes (stage-1 captions); and in image_qa (LLaVA json + jpg, POPE- and MMBench-style questions,
+`data_prep.scenes`) which colours are present, where, how many shapes.
 """
 
 from __future__ import annotations
@@ -139,20 +140,21 @@ def ave(out: Path, n: int, rng: np.random.Generator) -> None:
 
 
 def llava(out: Path, n: int, rng: np.random.Generator) -> None:
-    """Stage-1 style captions and questions: images (colour and side), silent videos, and beeping audio."""
+    """Stage-1 style captions and questions: images of one to four coloured shapes described in words
+    (`data_prep.scenes`), silent videos, and beeping audio."""
     for split, size in _split_sizes(n).items():
         per_kind = -(-size // 3)  # items i, i+3, ... share a kind; each kind gets its own balanced answers
-        colours = [balanced(tuple(render.COLOURS), per_kind, rng) for _ in range(3)]
-        sides = [balanced(SIDES, per_kind, rng) for _ in range(3)]
-        counts = balanced((1, 2, 3, 4), per_kind, rng)
+        colours, sides = balanced(tuple(render.COLOURS), per_kind, rng), balanced(SIDES, per_kind, rng)
+        counts, shapes = balanced((1, 2, 3, 4), per_kind, rng), balanced((1, 2, 3, 4), per_kind, rng)
         entries = []
         for i in range(size):
-            eid, colour, side = f"{split}-{i:05d}", colours[i % 3][i // 3], sides[i % 3][i // 3]
-            kind = ("image", "video", "audio")[i % 3]
+            eid, kind = f"{split}-{i:05d}", ("image", "video", "audio")[i % 3]
             if kind == "image":
-                render.write_jpg(out / "images" / f"{eid}.jpg", render.frame(colour, side, 22))
-                turns = ["<image>\nWhat colour is the shape?", colour]
+                scene = scenes.random_scene(shapes[i // 3], rng)
+                render.write_jpg(out / "images" / f"{eid}.jpg", scene.image())
+                turns = ["<image>\nDescribe the image.", scene.describe()]
             elif kind == "video":
+                colour, side = colours[i // 3], sides[i // 3]
                 render.write_mp4(
                     out / "videos" / f"{eid}.mp4", Clip(duration=1.0, colour=colour, side=side), with_audio=False
                 )
@@ -190,7 +192,7 @@ def audiocaps(out: Path, n: int, rng: np.random.Generator) -> None:
 
 def image_qa(out: Path, n: int, rng: np.random.Generator) -> None:
     """Image instruction data (LLaVA json + jpg, one image per question): 2n yes/no questions in POPE's prompt and
-    2n multiple-choice ones in MMBench's prompt (answer: the option letter), about scenes of coloured shapes."""
+    2n multiple-choice ones in MMBench's prompt (answer: the option's text), about scenes of coloured shapes."""
     for split, size in _split_sizes(n).items():
         pairs = scenes.draw(("exists",), 2 * size, rng) + scenes.draw(scenes.CHOICE_KINDS, 2 * size, rng)
         entries = []

@@ -39,8 +39,8 @@ def _b64_png(img: np.ndarray) -> str:
 
 
 def mmbench(out: Path, n: int, rng: np.random.Generator) -> Path:
-    """n four-option questions about scenes of shapes (`data_prep.scenes`: colour, shape, where, how many), the
-    official TSV columns plus an ignored `source`."""
+    """n four-option questions about scenes of shapes (`data_prep.scenes`: which colour where, where a colour is, how
+    many), the official TSV columns plus an ignored `source`."""
     path = out / "mmbench.tsv"
     rows = []
     for i, (scene, question) in enumerate(scenes.draw(scenes.CHOICE_KINDS, n, rng)):
@@ -49,7 +49,7 @@ def mmbench(out: Path, n: int, rng: np.random.Generator) -> Path:
                 "index": 1000 + i,
                 "question": question.text,
                 "hint": "",
-                "answer": question.target(),
+                "answer": question.letter(),
                 "category": question.kind,
                 "l2-category": "perception",
                 "image": _b64_png(scene.image()),
@@ -70,8 +70,8 @@ def mmbench(out: Path, n: int, rng: np.random.Generator) -> Path:
 
 
 def pope(out: Path, n: int, rng: np.random.Generator) -> Path:
-    """Two splits (named as POPE's; here they differ only in their draws) of n questions "Is there a <shape> in the
-    image?" about scenes of shapes, one image each, half yes."""
+    """Two splits (named as POPE's; here they differ only in their draws) of n questions "Is there a <colour> shape
+    in the image?" about scenes of shapes, one image each, half yes."""
     root = out / "pope"
     for s, split in enumerate(("random", "adversarial")):
         lines = []

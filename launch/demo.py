@@ -51,7 +51,7 @@ def prepare_data(out: Path, n: int, seed: int) -> None:
 
     t = step("tiny components, synthetic raw data, shards")
     if not (out / "components" / "model.yaml").is_file():
-        write_tiny(out / "components", "llama", pretrain_steps=300, progress=True)
+        write_tiny(out / "components", "llama", pretrain_steps=600, progress=True)
     if not (out / "raw" / "done").is_file():
         synthetic.generate(out / "raw", n=n, seed=seed, progress=True)
         synthetic_bench.generate(out / "raw" / "bench", n=max(8, n // 4), seed=seed)

@@ -7,7 +7,9 @@ benchmark's own `score`, so it uses the same parsing and metric as the model's n
   POPE        `one_answer_accuracy`: the better of always "yes" and always "no"; `one_answer_f1`: always "yes" (the
               one-answer F1 that is not zero). Means over the splits present, as the headline.
   MMBench     `chance`: the expected CircularEval score of a uniformly random letter (a question of N options is
-              right with probability (1/N)^N); `best_letter`: the best score of answering one fixed letter throughout.
+              right with probability (1/N)^N); `best_letter`: the best score of answering one fixed letter throughout;
+              `best_option_text`: the best score of answering, per category, one fixed option text throughout (the
+              category's most frequent answer: CircularEval's rotations do not move an answer given as text).
 """
 
 from __future__ import annotations
@@ -48,7 +50,20 @@ def _mmbench(items: list[Item]) -> dict[str, float]:
     return {
         "chance": sum((1 / n) ** n for n in options.values()) / len(options),
         "best_letter": max(mmbench.score(items, [letter] * len(items))["overall"] for letter in letters),
+        "best_option_text": _best_option_text(items),
     }
+
+
+def _best_option_text(items: list[Item]) -> float:
+    by_category: dict[str, list[Item]] = {}
+    for item in items:
+        by_category.setdefault(item.gold["category"], []).append(item)
+    right = 0.0
+    for group in by_category.values():
+        texts = sorted({option for item in group for option in item.gold["options"]})
+        questions = len({item.group for item in group})
+        right += questions * max(mmbench.score(group, [text] * len(group))["overall"] for text in texts)
+    return right / len({item.group for item in items})
 
 
 BASELINES = {"music_avqa": _music_avqa, "pope": _pope, "mmbench": _mmbench}

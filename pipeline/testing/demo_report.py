@@ -29,6 +29,7 @@ def summary(results: dict[str, dict], base: dict[str, dict[str, float]], adapter
         "mmbench": results["mmbench"]["overall"],
         "mmbench_chance": base["mmbench"]["chance"],
         "mmbench_best_letter": base["mmbench"]["best_letter"],
+        "mmbench_best_option_text": base["mmbench"]["best_option_text"],
     }
 
 
@@ -49,6 +50,7 @@ def table(results: dict[str, dict], s: dict) -> str:
         f"| MMBench (synthetic) | CircularEval overall | {100 * s['mmbench']:.1f} | "
         f"{100 * s['mmbench_chance']:.1f} (chance) |",
         f"| | | | {100 * s['mmbench_best_letter']:.1f} (best single letter) |",
+        f"| | | | {100 * s['mmbench_best_option_text']:.1f} (best option text per category) |",
     ]
     lines += [f"| | {name} | {100 * acc:.1f} | |" for name, acc in results["mmbench"]["category"].items()]
     return "\n".join(lines)
@@ -85,10 +87,11 @@ def plot(s: dict, out: Path) -> None:
                 (s["adapter"], s["mmbench"]),
                 ("chance", s["mmbench_chance"]),
                 ("best single\nletter", s["mmbench_best_letter"]),
+                ("best option\ntext", s["mmbench_best_option_text"]),
             ],
         ),
     ]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 4), dpi=100, gridspec_kw={"width_ratios": [3, 4, 3]})
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4), dpi=100, gridspec_kw={"width_ratios": [3, 4, 4]})
     for ax, (title, bars) in zip(axes, panels):
         values = [100 * v for _, v in bars]
         colours = ["#1f77b4" if label.startswith(s["adapter"]) else "#9a9a9a" for label, _ in bars]

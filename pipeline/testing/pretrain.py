@@ -1,10 +1,16 @@
 """The tiny LLM's "pretraining": a few hundred language-modelling steps on chat-formatted short questions.
 
 A random LLM frozen under an adapter learns next to nothing in a CPU demo's budget; a lightly pretrained one does, as a
-real LLM knows language before any multimodal training. The questions are those of the synthetic datasets
-(`data_prep.synthetic`), the image ones in POPE's and MMBench's prompt formats (`data_prep.scenes`, no image), with
-answers drawn at random: the model learns the chat format and which answers fit which question (yes/no, an option
-letter), never the right one, so whatever a model gains over the per-question prior comes from the media.
+real LLM knows language before any multimodal training. Two kinds of conversation:
+- a quarter: the questions of the synthetic audio-visual datasets (`data_prep.synthetic`) with answers drawn at
+  random: the model learns the chat format and which answers fit which question, never the right one;
+- three quarters: the image questions (`data_prep.scenes`), asked plainly, about a scene given in words instead of
+  an image ("The image shows a red shape in the top left. Is there a blue shape in the image?"), with the right
+  answer: the model learns to read a scene (is a colour there, which colour is where, how many shapes), as a real
+  LLM can reason over a text before it sees an image. Measured: the tiny LLM did not learn these comparisons from
+  images alone in the demo's budget; from described scenes it does (600 steps: yes/no 93-100 %, colour 64-70 %,
+  count 100 %, two seeds).
+Neither teaches the answer to any benchmark question, which gives no description: only the image can answer it.
 """
 
 from __future__ import annotations
@@ -43,25 +49,20 @@ FILLERS = {
 }
 
 
-IMAGE_SLOTS = 2  # beside the PRETRAIN_QA templates: a POPE-style question, an MMBench-style one (any kind)
+SCENE_SHARE = 0.75  # of the conversations: described-scene questions (the rest: PRETRAIN_QA)
 
 
-def image_question(choice: bool, rng: np.random.Generator) -> tuple[str, str]:
-    """A synthetic image question, MMBench-style if `choice` else POPE-style, in its benchmark's prompt (the image
-    left out) and a random answer that fits it: yes/no, or any option letter."""
-    kind = scenes.CHOICE_KINDS[rng.integers(len(scenes.CHOICE_KINDS))] if choice else "exists"
-    answers, letters = scenes.ANSWERS[kind], range(len(scenes.LETTERS))
-    answer, asked = answers[rng.integers(len(answers))], scenes.SHAPES[rng.integers(len(scenes.SHAPES))]
-    count = scenes.COUNTS.index(answer) + 1 if kind == "count" else int(rng.integers(1, 5))
-    _, question = scenes.make(kind, answer, count, asked, int(rng.integers(len(letters))), rng)
-    reply = str(rng.choice(["yes", "no"])) if kind == "exists" else scenes.LETTERS[rng.integers(len(letters))]
-    return question.prompt(), reply
+def scene_questions(n: int, rng: np.random.Generator) -> list[tuple[str, str]]:
+    """n synthetic image questions (every kind, balanced), each asked plainly after its scene in words, with the right
+    answer."""
+    pairs = scenes.draw(("exists", *scenes.CHOICE_KINDS), n, rng)
+    return [(f"{scene.describe()} {question.text}", question.target()) for scene, question in pairs]
 
 
 def pretrain_llm(
     model, tokenizer, steps: int, seed: int = 0, batch: int = 32, lr: float = 3e-3, progress: bool = False
 ) -> float:
-    """A few hundred language-modelling steps on chat-formatted PRETRAIN_QA conversations and synthetic image
+    """A few hundred language-modelling steps on chat-formatted PRETRAIN_QA conversations and described-scene
     questions (a progress bar with `progress`); returns the last loss."""
     rng = torch.Generator().manual_seed(seed)
     np_rng = np.random.default_rng(seed)
@@ -69,14 +70,15 @@ def pretrain_llm(
     def pick(options: list[str]) -> str:
         return options[int(torch.randint(len(options), (1,), generator=rng))]
 
+    described = iter(scene_questions(steps * batch, np_rng))
+
     def conversation() -> str:
-        slot = int(torch.randint(len(PRETRAIN_QA) + IMAGE_SLOTS, (1,), generator=rng))
-        if slot < len(PRETRAIN_QA):
-            question, answers = PRETRAIN_QA[slot]
+        if np_rng.random() >= SCENE_SHARE:
+            question, answers = PRETRAIN_QA[int(torch.randint(len(PRETRAIN_QA), (1,), generator=rng))]
             fill = {k: pick(v) for k, v in FILLERS.items()}
             prompt, reply = question.format(**fill), pick(answers).format(**fill)
         else:
-            prompt, reply = image_question(slot > len(PRETRAIN_QA), np_rng)
+            prompt, reply = next(described)
         messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}]
         return tokenizer.apply_chat_template(messages, tokenize=False)
 

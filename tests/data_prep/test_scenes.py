@@ -15,28 +15,31 @@ from pipeline.eval import mmbench, pope
 def _right(scene: scenes.Scene, q: scenes.Question) -> bool:
     objects = [tuple(o) for o in scene.objects]
     if q.kind == "exists":
-        return (q.answer == "yes") == any(q.text == f"Is there a {s} in the image?" for s, _, _ in objects)
+        return (q.answer == "yes") == any(q.text == f"Is there a {c} shape in the image?" for _, c, _ in objects)
     if q.kind == "colour":
-        return any(q.text == f"What colour is the {s}?" and c == q.answer for s, c, _ in objects)
-    if q.kind == "shape":
-        return any(q.text == f"Which shape is {c}?" and s == q.answer for s, c, _ in objects)
-    if q.kind == "where":
-        return any(q.text == f"Where is the {s}?" and p == q.answer for s, _, p in objects)
+        return any(q.text == f"What colour is the shape in the {p}?" and c == q.answer for _, c, p in objects)
     return scenes.COUNTS[len(objects) - 1] == q.answer
 
 
 def test_every_answer_follows_from_the_scene_and_the_text_alone_cannot_answer():
-    pairs = scenes.draw(("exists", *scenes.CHOICE_KINDS), 1000, np.random.default_rng(0))
+    pairs = scenes.draw(("exists", *scenes.CHOICE_KINDS), 960, np.random.default_rng(0))
     assert all(_right(scene, q) for scene, q in pairs)
     for scene, _ in pairs:  # distinct shapes, colours and quadrants
         assert all(len({o[i] for o in scene.objects}) == len(scene.objects) for i in range(3))
     by_text = Counter((q.text, q.answer) for _, q in pairs if q.kind == "exists")
-    assert set(by_text.values()) == {20}  # each shape asked 40 times: 20 yes, 20 no
+    assert set(by_text.values()) == {40}  # each colour asked 80 times: 40 yes, 40 no
     for kind in scenes.CHOICE_KINDS:
-        answers = Counter(q.answer for _, q in pairs if q.kind == kind)
-        letters = Counter(q.target() for _, q in pairs if q.kind == kind)
-        assert set(answers) == set(scenes.ANSWERS[kind]) and max(answers.values()) - min(answers.values()) <= 1
-        assert set(letters.values()) == {50}
+        answers = Counter(q.target() for _, q in pairs if q.kind == kind)
+        letters = Counter(q.letter() for _, q in pairs if q.kind == kind)
+        assert set(answers) == set(scenes.ANSWERS[kind]) and set(answers.values()) == {80}
+        assert set(letters.values()) == {80}
+    sizes = Counter(len(scene.objects) for scene, q in pairs if q.kind != "count")
+    assert set(sizes) == set(scenes.SCENE_SIZES) and len(set(sizes.values())) == 1
+
+
+def test_a_scene_described_in_words_names_every_colour_where_it_is():
+    scene = scenes.Scene([["circle", "red", "top left"], ["cross", "blue", "bottom right"]], (0, 0))
+    assert scene.describe() == "The image shows a red shape in the top left and a blue shape in the bottom right."
 
 
 def test_training_json_uses_the_benchmark_prompts_and_shards_as_llava(tmp_path):
@@ -44,7 +47,8 @@ def test_training_json_uses_the_benchmark_prompts_and_shards_as_llava(tmp_path):
     entries = json.loads((tmp_path / "raw" / "train.json").read_text())
     assert len(entries) == 32 and all((tmp_path / "raw" / e["image"]).is_file() for e in entries)
     human, gpt = (turn["value"] for turn in entries[-1]["conversations"])
-    assert human.startswith("<image>\n") and human.endswith(mmbench.INSTRUCTION) and gpt in "ABCD"
+    options = [line[3:] for line in human.splitlines() if line[:3] in ("A. ", "B. ", "C. ", "D. ")]
+    assert human.startswith("<image>\n") and human.endswith(mmbench.INSTRUCTION) and gpt in options  # option text
     human, gpt = (turn["value"] for turn in entries[0]["conversations"])
     assert human.endswith(pope.INSTRUCTION.strip()) and gpt in ("yes", "no")
     index = write_shards("llava", tmp_path / "raw", "train", tmp_path / "shards", progress=False)

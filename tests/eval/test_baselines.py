@@ -16,7 +16,16 @@ def test_pope_and_mmbench_baselines(tmp_path):
     blind = baselines("pope", pope.load(paths["pope"], paths["pope"] / "images"))
     assert blind["one_answer_accuracy"] == 0.5 and blind["one_answer_f1"] == pytest.approx(2 / 3)
     blind = baselines("mmbench", mmbench.load(paths["mmbench"]))
-    assert blind == {"chance": pytest.approx(0.25**4), "best_letter": 0.0}
+    assert blind["chance"] == pytest.approx(0.25**4) and blind["best_letter"] == 0.0
+
+
+def test_mmbench_best_option_text_is_the_most_frequent_answer_of_each_category(tmp_path):
+    # 16 questions: 8 per category, each of a category's 4 answers twice; one fixed text per category gets 2 of 8
+    items = mmbench.load(synthetic_bench.generate(tmp_path, n=16, seed=0)["mmbench"])
+    assert baselines("mmbench", items)["best_option_text"] == 0.25
+    # the right text in every round scores 1, whatever letter the rotation gave it
+    truth = [item.gold["options"][mmbench.LETTERS.index(item.gold["answer"])] for item in items]
+    assert mmbench.score(items, truth)["overall"] == 1.0
 
 
 def test_music_avqa_baselines(bench_data):
