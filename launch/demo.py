@@ -51,7 +51,7 @@ def prepare_data(out: Path, n: int, seed: int) -> None:
 
     t = step("tiny components, synthetic raw data, shards")
     if not (out / "components" / "model.yaml").is_file():
-        write_tiny(out / "components", "llama", pretrain_steps=600, progress=True)
+        write_tiny(out / "components", "llama", seed=seed, pretrain_steps=600, progress=True)
     if not (out / "raw" / "done").is_file():
         synthetic.generate(out / "raw", n=n, seed=seed, progress=True)
         synthetic_bench.generate(out / "raw" / "bench", n=max(8, n // 4), seed=seed)
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/demo"))
     parser.add_argument("--n", type=int, default=128, help="synthetic train clips per source (test: n/4)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="of the tiny components, the data and both stages")
     parser.add_argument("--adapter", default="imod", help="stage-2 adapter (any registered name)")
     parser.add_argument("--nproc", type=int, default=2, help="DeepSpeed ranks (CPU processes here)")
     parser.add_argument("--stage1", nargs="*", default=[], metavar="KEY=VALUE", help="stage-1 config overrides")
@@ -233,8 +233,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     start = time.time()
     prepare_data(out, args.n, args.seed)
-    train(out, 1, args.nproc, args.stage1)
-    train(out, 2, args.nproc, [f"adapter.name={args.adapter}", *args.stage2])
+    train(out, 1, args.nproc, [f"seed={args.seed}", *args.stage1])
+    train(out, 2, args.nproc, [f"seed={args.seed}", f"adapter.name={args.adapter}", *args.stage2])
     merged = merge(out)
     results = evaluate(out, merged)
     table = demo_report.write(out, results, baselines(out), args.adapter)
