@@ -10,11 +10,14 @@ with random token ids (the LLM's cost does not depend on which ids, and towers a
 micro-batches are formed as the loader forms them (`window_batches`; group over windows of 4 micro-batches) and
 collated by `AVProcessor.collate` / `AVProcessor.pack`; each is trained (forward and backward, chunked loss, LoRA on
 all linear layers) through `AVLLM.forward`, on a CPU-sized Llama (4 layers, width 256, vocabulary 8k). Useful tokens
-are the non-pad ones (prompt + answer + media). Packed rows hold at most 2048 tokens (the longest sample is about
-1.7k): on CPU, transformers' sdpa path computes attention over a whole packed row under a block-diagonal mask
-(flash-attention's varlen path, on GPUs, skips the masked blocks), and at width 256 attention is a large share of
-the cost, so much longer rows would charge packing for masked attention a GPU does not compute. Each mode is timed
-as the best of --trials passes over all its micro-batches (other jobs on a shared machine only slow a pass down);
+are the non-pad ones (prompt + answer + media). Packed rows hold at most --max-tokens 2048 tokens (the longest
+sample is about 1.7k); which samples share a row is the product's plan (`pipeline.model.packing`): sdpa computes
+attention over a whole packed row under the block-diagonal mask, and at width 256 a row's attention costs as much as
+its linear layers at about 1.4k tokens, so the planner cuts a micro-batch into more, shorter rows where that is
+cheaper, padding at most 5% where a plan can (the [rows, length] shape of each batch is in the json). Each mode is timed
+as the sum over its micro-batches of each one's best time (forward and backward) in --trials passes: other jobs
+on a shared machine only slow a micro-batch down, and the three modes take turns within each pass so that a load that
+drifts over minutes does not favour one;
 `--clock cpu` times the process's CPU seconds instead of the wall clock (with OMP_NUM_THREADS=1 that is the work a
 pass does, which other jobs on a shared machine barely change).
 
@@ -50,6 +53,7 @@ from pipeline.testing.tiny import write_tiny
 from pipeline.train.config import TrainConfig
 
 GROUP_BATCHES = 4  # data.group_batches
+MODES = ("pad", "group", "pack")
 VOCAB_MEMORY, WIDTH_MEMORY, TOKENS_MEMORY, LABELS_MEMORY = 152_064, 256, 4096, 1024
 
 
@@ -135,15 +139,15 @@ def build_model(vocab: int) -> AVLLM:
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
-def time_mode(model, batches: list[dict], trials: int, chunk: int, clock: str) -> float:
-    best = float("inf")
-    for _ in range(trials):
+def time_batches(model, batches: list[dict], chunk: int, clock: str) -> list[float]:
+    """Seconds of each micro-batch's forward and backward, in one pass."""
+    times = []
+    for batch in batches:
         start = CLOCKS[clock]()
-        for batch in batches:
-            model(**batch, loss_chunk_tokens=chunk).loss.backward()
-        model.zero_grad(set_to_none=True)
-        best = min(best, CLOCKS[clock]() - start)
-    return best
+        model(**batch, loss_chunk_tokens=chunk).loss.backward()
+        times.append(CLOCKS[clock]() - start)
+    model.zero_grad(set_to_none=True)
+    return times
 
 
 def rss_kib() -> int:
@@ -187,7 +191,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--batch", type=int, default=8, help="micro_batch_size")
     parser.add_argument("--max-tokens", type=int, default=2048, help="data.max_tokens for pack")
-    parser.add_argument("--trials", type=int, default=2)
+    parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--vocab", type=int, default=8192)
     parser.add_argument(
         "--clock",
@@ -207,18 +211,23 @@ def main(argv: list[str] | None = None) -> dict:
     processor = model.build_processor()
     samples = encoded(length_mix(args.samples, seed=0), args.vocab, set(processor.token_ids.values()), seed=0)
     chunk = TrainConfig().loss_chunk_tokens
+    modes = {mode: micro_batches(samples, args.batch, mode, args.max_tokens, processor) for mode in MODES}
+    best = {mode: [float("inf")] * len(batches) for mode, batches in modes.items()}
+    for _ in range(args.trials):  # the modes in turn within a trial: a shared machine's load drifts over minutes
+        for mode, batches in modes.items():
+            best[mode] = list(map(min, best[mode], time_batches(model, batches, chunk, args.clock)))
+    seconds = {mode: sum(times) for mode, times in best.items()}
     rows = {}
-    for mode in ("pad", "group", "pack"):
-        batches = micro_batches(samples, args.batch, mode, args.max_tokens, processor)
+    for mode, batches in modes.items():
         useful = sum(useful_and_total(b)[0] for b in batches)
         total = sum(useful_and_total(b)[1] for b in batches)
-        seconds = time_mode(model, batches, args.trials, chunk, args.clock)
         rows[mode] = {
-            "useful_tokens_per_s": useful / seconds,
+            "useful_tokens_per_s": useful / seconds[mode],
             "pad_fraction": 1 - useful / total,
-            "seconds": seconds,
+            "seconds": seconds[mode],
             "useful_tokens": useful,
             "batches": len(batches),
+            "shapes": [list(b["input_ids"].shape) for b in batches],
         }
     plain, chunked = peak_memory("plain"), peak_memory("chunked")
     result = {

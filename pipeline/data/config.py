@@ -23,8 +23,8 @@ BATCHING = {
     "pad": "each micro-batch padded to its longest sample",
     "group": "micro-batches drawn from a window of group_batches micro-batches sorted by (modality mix, length), "
     "in random order (LLaVA's group_by_modality_length)",
-    "pack": "each micro-batch's samples concatenated into rows of at most max_tokens (first-fit decreasing), "
-    "no padding inside a row, attention within each sample",
+    "pack": "each micro-batch's samples concatenated into rows of at most max_tokens, no padding inside a row, "
+    "attention within each sample; the rows planned by estimated compute (pipeline.model.packing)",
 }
 
 

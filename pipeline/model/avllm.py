@@ -35,6 +35,7 @@ from pipeline.model.config import CHECKPOINT_KEYS, ModelConfig
 from pipeline.model.encoders import Tower, load_tower
 from pipeline.model.hub import local_dir
 from pipeline.model.loss import chunked_lm_loss, packed_positions, row_segments, shift_targets
+from pipeline.model.packing import attention_break_even
 from pipeline.model.processor import PLACEHOLDERS, AVProcessor
 from pipeline.model.projectors import build_projector, tokens_out
 
@@ -213,6 +214,7 @@ class AVLLM(nn.Module):
             window_samples=int(round(cfg.audio_window_seconds * self.audio.sample_rate)) if self.audio else 0,
             max_windows=cfg.audio_max_windows,
             max_length=cfg.max_length,
+            attention_break_even=attention_break_even(self.llm.config),
         )
 
     # ---- forward ----------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import torch
 
 from pipeline.media import SAMPLE_RATE
 from pipeline.modality import Modality
+from pipeline.model.packing import plan_rows
 
 IGNORE_INDEX = -100
 PLACEHOLDERS = {"<image>": Modality.VISUAL, "<video>": Modality.VISUAL, "<audio>": Modality.AUDIO}
@@ -69,6 +70,7 @@ class AVProcessor:
         window_samples: int = SAMPLE_RATE,
         max_windows: int = 10,
         max_length: int = 2048,
+        attention_break_even: float | None = None,
     ) -> None:
         if not getattr(tokenizer, "is_fast", False):
             raise ValueError(
@@ -88,6 +90,7 @@ class AVProcessor:
         self.window_samples = window_samples
         self.max_windows = max_windows
         self.max_length = max_length
+        self.attention_break_even = attention_break_even  # row plans of `pack`: see pipeline.model.packing
         self.sampling_rate = getattr(audio_processor, "sampling_rate", SAMPLE_RATE)
         self.token_ids = {p: tokenizer.convert_tokens_to_ids(p) for p in PLACEHOLDERS}
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -260,12 +263,12 @@ class AVProcessor:
         }
 
     def pack(self, encoded: list[EncodedSample], max_tokens: int) -> dict[str, torch.Tensor | None]:
-        """Concatenate the samples into as few rows of at most `max_tokens` tokens as first-fit decreasing finds
-        (a longer sample gets a row of its own), balanced in length (`pack_rows`). No padding inside a row; rows
-        shorter than the longest are padded at the end. `segment_ids` [R, L] gives each token's sample (numbered in
+        """Concatenate the samples into rows of at most `max_tokens` tokens (a longer sample gets a row of its own),
+        as `pipeline.model.packing.plan_rows` plans them. No padding inside a row; rows shorter than the longest are
+        padded at the end. `segment_ids` [R, L] gives each token's sample (numbered in
         row-major order, -1 at padding); the model derives restarting position ids from it and attends within a
         sample only. No attention mask: a packed batch must not get one (`AVLLM.forward` refuses it)."""
-        rows = pack_rows([len(e.input_ids) for e in encoded], max_tokens)
+        rows = plan_rows([len(e.input_ids) for e in encoded], max_tokens, self.attention_break_even)
         order = [encoded[i] for row in rows for i in row]
         segment, seg_rows = 0, list[list[int]]()
         for row in rows:
@@ -295,36 +298,3 @@ class AVProcessor:
 
     def __call__(self, samples: list[AVSample], padding_side: str = "right") -> dict[str, torch.Tensor | None]:
         return self.collate([self.encode(s) for s in samples], padding_side=padding_side)
-
-
-def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
-    """The rows of a packed micro-batch: as many rows as first-fit decreasing needs, filled longest item first into
-    the currently shortest row (so that rows end up about equally long and the padding at their ends is small);
-    first-fit decreasing's own rows when that balanced fill would overflow a row."""
-    rows = first_fit_decreasing(lengths, capacity)
-    balanced: list[list[int]] = [[] for _ in rows]
-    filled = [0] * len(rows)
-    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
-        r = min(range(len(rows)), key=lambda r: (filled[r], r))
-        balanced[r].append(i)
-        filled[r] += lengths[i]
-    fits = all(f <= capacity for f, row in zip(filled, balanced) if len(row) > 1)
-    return balanced if fits else rows
-
-
-def first_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
-    """Bin packing of item lengths into bins of `capacity`: the indices in each bin, longest item first. Items are
-    placed longest first into the first bin with room (an item longer than `capacity` gets a bin of its own);
-    ties keep the input order, so the result is a deterministic function of the lengths."""
-    bins: list[list[int]] = []
-    free: list[int] = []
-    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
-        for b, room in enumerate(free):
-            if lengths[i] <= room:
-                bins[b].append(i)
-                free[b] -= lengths[i]
-                break
-        else:
-            bins.append([i])
-            free.append(capacity - lengths[i])
-    return bins

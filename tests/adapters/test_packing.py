@@ -11,7 +11,7 @@ import torch
 from pipeline.adapters import ADAPTERS, aux_loss, mark_trainable, start_task
 from pipeline.adapters.dominance import DominanceProbe
 from pipeline.model.avllm import AVLLM
-from pipeline.model.processor import pack_rows
+from pipeline.model.packing import plan_rows
 from tests.adapters.test_contract import attached
 from tests.model.conftest import mixed_samples
 
@@ -26,13 +26,16 @@ def base(tiny_model_config):
 
 @pytest.fixture(scope="module")
 def batches(base):
-    """(padded, packed) batches of the same 8 samples; the packed rows hold 2 to 4 samples each."""
+    """(padded, packed) batches of the same 8 samples, the packed rows holding 2 to 4 samples each, and the sample
+    order of the packed batch (its segments)."""
     processor = base.build_processor()
+    processor.attention_break_even = None  # row plans by padding alone: several samples in every row
     encoded = [processor.encode(s) for s in mixed_samples() + mixed_samples()[::-1]]
     lengths = [len(e.input_ids) for e in encoded]
     budget = max(lengths) + 2 * min(lengths)
-    assert all(len(row) >= 2 for row in pack_rows(lengths, budget))
-    return processor.collate(encoded), processor.pack(encoded, budget)
+    rows = plan_rows(lengths, budget)
+    assert all(len(row) >= 2 for row in rows)
+    return processor.collate(encoded), processor.pack(encoded, budget), [i for row in rows for i in row]
 
 
 def run(model: AVLLM, batch: dict, lora_family: bool) -> tuple[torch.Tensor, dict, dict, torch.Tensor]:
@@ -58,7 +61,7 @@ def run(model: AVLLM, batch: dict, lora_family: bool) -> tuple[torch.Tensor, dic
 
 @pytest.mark.parametrize("name", NAMES)
 def test_packed_batch_trains_exactly_as_the_padded_batch(base, batches, name):
-    padded, packed = batches
+    padded, packed, order = batches
     lora_family = ADAPTERS[name].lora_family
     results = []
     for batch in (padded, packed):
@@ -81,9 +84,8 @@ def test_packed_batch_trains_exactly_as_the_padded_batch(base, batches, name):
     assert fisher_a.keys() == fisher_b.keys()
     for key in fisher_a:
         torch.testing.assert_close(fisher_b[key], fisher_a[key], atol=1e-7, rtol=1e-4, msg=key)
-    # eval mode (DeLo routes each sample to its nearest task key): the packed order is first-fit decreasing
+    # eval mode (DeLo routes each sample to its nearest task key): segments in the packed rows' order
     lengths = [len(r) for r in rows_a]
-    order = [i for row in pack_rows(lengths, packed["input_ids"].shape[1]) for i in row]
     assert [len(rows_b[s]) for s in range(len(order))] == [lengths[i] for i in order]
     for s, i in enumerate(order):
         torch.testing.assert_close(rows_b[s], rows_a[i], atol=1e-5, rtol=0)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import pytest
 
 from pipeline.data.loader import ShardLoader
-from pipeline.model.processor import first_fit_decreasing
+from pipeline.model.packing import plan_rows
 from tests.data.conftest import config, stop_and_resume
 from tests.data.test_loader import _all_keys
 
@@ -36,7 +36,7 @@ class Lengths:
         return {"ids": [e.key for e in items], "lengths": [len(e.input_ids) for e in items]}
 
     def pack(self, items: list[Encoded], max_tokens: int) -> dict:
-        rows = first_fit_decreasing([len(e.input_ids) for e in items], max_tokens)
+        rows = plan_rows([len(e.input_ids) for e in items], max_tokens)
         return {"ids": [items[i].key for row in rows for i in row],
                 "rows": [sum(len(items[i].input_ids) for i in row) for row in rows]}
 
