@@ -13,10 +13,11 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$PY" -m venv "$VENV"
 fi
 PIP=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
-if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
+# torch's version from its metadata: importing torch before numpy is in warns, and takes seconds
+if ! "$VENV/bin/python" -c "from importlib.metadata import version; version('torch')" 2>/dev/null; then
     "${PIP[@]}" -c constraints.txt torch
 fi
-torch_version=$("$VENV/bin/python" -c "import torch; print(torch.__version__.split('+')[0])")
+torch_version=$("$VENV/bin/python" -c "from importlib.metadata import version; print(version('torch').split('+')[0])")
 sed -E "s/^torch==.*/torch==$torch_version/" constraints.txt > "$VENV/constraints.txt"
 stamp="$VENV/.installed-$( (cat pyproject.toml "$VENV/constraints.txt"; echo "$EXTRAS") | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
