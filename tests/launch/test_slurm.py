@@ -32,6 +32,9 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 TRAIN_CONFIG = ROOT / "configs/demo/stage1.yaml"
 JOB_TIMEOUT = 300  # a job, or a preempted job and its requeued run, on a busy 2-core machine
+# Optimizer steps of every training launch: enough that the warning sent once training runs (a round trip through
+# slurmctld and both slurmd) reaches the ranks before their last step on a fast machine too.
+STEPS = 24
 
 
 def free_port() -> int:
@@ -114,13 +117,13 @@ def launches(cluster, train_data, bench_data, checkpoint, tmp_path_factory) -> d
     tmp = tmp_path_factory.mktemp("slurm-runs")
     train_direct = [f"{sys.prefix}/bin/deepspeed", "--num_gpus", "2", "--master_port", str(free_port()),
                     "launch/train.py", "--config", str(TRAIN_CONFIG), *common_overrides(train_data, tmp / "direct",
-                                                                                        max_steps=3)]
+                                                                                        max_steps=STEPS)]
     pope = ["--model", str(checkpoint), "--bench", "pope", *bench_data["pope"], "--max-new-tokens", "3"]
     eval_direct = [sys.executable, "launch/eval.py", *pope, "--out", str(tmp / "eval-direct")]
     env = run_env(launch_env())
     running = {
         "train": sbatch(cluster, "launch/slurm/train.sbatch", tmp, "train",
-                        *common_overrides(train_data, tmp / "train", max_steps=3), CONFIG=str(TRAIN_CONFIG)),
+                        *common_overrides(train_data, tmp / "train", max_steps=STEPS), CONFIG=str(TRAIN_CONFIG)),
         "eval": sbatch(cluster, "launch/slurm/eval.sbatch", tmp, "eval", *pope, "--out", str(tmp / "eval")),
         "direct": start(train_direct, env, tmp / "direct", tmp / "direct.log"),
         "eval-direct": start(eval_direct, env, tmp / "eval-direct", tmp / "eval-direct.log"),
@@ -133,7 +136,7 @@ def launches(cluster, train_data, bench_data, checkpoint, tmp_path_factory) -> d
 def test_train_sbatch_two_nodes_matches_direct_launch(launches):
     slurm = launches["train"].result(read_run)
     direct = launches["direct"].result(read_run)
-    assert len(slurm["losses"]) == 3
+    assert len(slurm["losses"]) == STEPS
     # Rank r reads the same shards on node r as rank r of the direct launch; a two-rank gloo sum is order-free,
     # so the runs agree bit for bit.
     assert slurm["losses"] == direct["losses"]
@@ -169,7 +172,7 @@ def test_train_sbatch_preempted_checkpoints_requeues_and_resumes(cluster, launch
     direct = launches["direct"].result(read_run)
     out = tmp_path / "preempted"
     job = sbatch(cluster, "launch/slurm/train.sbatch", tmp_path, "preempted",
-                 *common_overrides(train_data, out, max_steps=3), CONFIG=str(TRAIN_CONFIG))
+                 *common_overrides(train_data, out, max_steps=STEPS), CONFIG=str(TRAIN_CONFIG))
     jid, log = job_id(job), job.logs[-1]
     deadline = time.time() + JOB_TIMEOUT
     while "train:" not in (log.read_text() if log.exists() else "") and time.time() < deadline:  # handlers are in
@@ -179,12 +182,13 @@ def test_train_sbatch_preempted_checkpoints_requeues_and_resumes(cluster, launch
     resumed = job.result(read_run)
 
     text = log.read_text()
-    stopped = re.search(r"preempted: SIGUSR1: stopped after step (\d) of 3 with a complete checkpoint", text)
+    stopped = re.search(rf"preempted: SIGUSR1: stopped after step (\d+) of {STEPS} with a complete checkpoint", text)
     assert stopped, text[-4000:]
     step = int(stopped.group(1))
     assert f"requeueing job {jid} (restart 1)" in text
     assert f"resumed from {out / 'checkpoints' / f'step-{step}'} at step {step}" in text
-    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, STEPS + 1))
     assert resumed["trainables"].keys() == direct["trainables"].keys()
     for name, tensor in resumed["trainables"].items():
         torch.testing.assert_close(tensor, direct["trainables"][name], rtol=0, atol=1e-6)
