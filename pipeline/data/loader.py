@@ -12,7 +12,8 @@ yields exactly the batches (same samples, same batch composition) that an uninte
 its k-th batch of epoch e, and no others; only the interleaving of the workers' batches may differ. It holds for the
 same shards, seed, world size, workers, micro batch size and batching settings (checked on load). Workers replay
 their raw streams and drop the consumed samples without decoding them (with `group` batching, the samples of an
-interrupted grouping window are decoded again), so resuming costs reading, not decoding.
+interrupted grouping window are read again and only those not yet handed out decoded), so resuming costs reading,
+not decoding. With `group`, every sample's length is known before the first epoch (`pipeline.data.lengths`).
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Callable, Generator
-from typing import Any
+from typing import Any, cast
 
 import torch
 
 from pipeline.data.config import DataConfig
+from pipeline.data.lengths import Measures, ShardLengths, prepare_lengths
 from pipeline.data.missing import MissingConfig
 from pipeline.data.plan import EpochPlan, epoch_plan, resolve_all
 from pipeline.data.stream import Processor, WorkerStream
@@ -88,6 +90,11 @@ class ShardLoader:
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"data: rank {self.rank} is outside world size {self.world_size}")
         self.shards = resolve_all(cfg)
+        self.lengths = None
+        if cfg.batching == "group" and hasattr(processor, "length"):
+            measures = cast(Measures, processor)
+            prepare_lengths([s for src in self.shards for s in src], measures, self.rank, self.world_size)
+            self.lengths = ShardLengths(measures)
         warm_up()
         self.epoch = 0
         self.step = 0
@@ -114,7 +121,7 @@ class ShardLoader:
     def __iter__(self) -> Generator[dict, None, None]:
         plan = self.plan()
         stream = WorkerStream(
-            self.cfg, plan, self.rank, self.epoch, self.processor, dict(self.workers), self.missing_cfg
+            self.cfg, plan, self.rank, self.epoch, self.processor, dict(self.workers), self.missing_cfg, self.lengths
         )
         loader = torch.utils.data.DataLoader(
             stream,

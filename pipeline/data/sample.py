@@ -116,6 +116,12 @@ def field_problem(doc: dict) -> str | None:
     return None
 
 
+def placeholders(conversations: list[dict]) -> dict[str, int]:
+    """How many `<image>`, `<video>` and `<audio>` the turns of a (checked) conversation hold."""
+    text = " ".join(str(t.get("value", t.get("content"))) for t in conversations)
+    return {tag: text.count(tag) for tag in ("<image>", "<video>", "<audio>")}
+
+
 def decode_sample(sample: dict, num_frames: int = 8) -> AVSample:
     """The `AVSample` of one shard sample; raises `CorruptSample`."""
     key = str(sample.get("__key__"))
@@ -132,10 +138,10 @@ def decode_sample(sample: dict, num_frames: int = 8) -> AVSample:
     if "audio" in media:
         audio = _guarded("bad_audio", key, decode_audio, _bytes(sample, media["audio"]))
     images = [_guarded("bad_image", key, decode_image, _bytes(sample, k)) for k in media.get("images", [])]
-    human = " ".join(t.get("value", t.get("content")) for t in doc["conversations"])
+    found = placeholders(doc["conversations"])
     expected = {"<image>": len(images), "<video>": int(video is not None), "<audio>": int(audio is not None)}
     for tag, count in expected.items():
-        if human.count(tag) != count:
-            raise CorruptSample("placeholder_mismatch", f"{key}: {human.count(tag)} {tag} in the text, {count} given")
+        if found[tag] != count:
+            raise CorruptSample("placeholder_mismatch", f"{key}: {found[tag]} {tag} in the text, {count} given")
     meta = {"id": doc.get("id", key), "source": doc.get("source"), "key": key, **doc.get("meta", {})}
     return AVSample(conversations=doc["conversations"], images=images, video=video, audio=audio, meta=meta)

@@ -20,6 +20,7 @@ import torch
 import webdataset as wds
 
 from pipeline.data.config import DataConfig
+from pipeline.data.lengths import ShardLengths
 from pipeline.data.missing import MissingConfig, apply_missing
 from pipeline.data.plan import EpochPlan, ShardRef
 from pipeline.data.sample import CorruptSample, allowed_file, decode_sample
@@ -43,6 +44,14 @@ class ShardTrouble:
         self.unreadable.clear()
         self.short.clear()
         return record
+
+
+@dataclass
+class Pending:
+    """A raw sample whose shape (tokens, visual, audio) the lengths cache gave; decoded when its batch is handed out."""
+
+    sample: dict
+    shape: tuple[int, bool, bool]
 
 
 def read_shard(ref: ShardRef, skipped: Counter, trouble: ShardTrouble) -> Iterator[dict]:
@@ -85,8 +94,11 @@ class WorkerStream(torch.utils.data.IterableDataset):
     counts and the exactly-once guarantee do not depend on it. `pad` and `pack` take the stream's samples in order
     (`pack` joins each micro-batch into packed rows, `AVProcessor.pack`); `group` collects `group_batches`
     micro-batches' worth of samples (a window), sorts them by modality mix and length, cuts them into
-    micro-batches and hands those out in a seeded random order. Resuming inside a window decodes the window
-    again and drops the batches already handed out."""
+    micro-batches and hands those out in a seeded random order. With `lengths` (`pipeline.data.lengths`, read before
+    the epoch) a window holds raw samples and each is decoded when its micro-batch is handed out, so a worker holds
+    one micro-batch of decoded media, not a window's, and resuming inside a window reads it again without decoding
+    the batches already handed out; a sample whose media then fails to decode leaves its micro-batch one short.
+    Without lengths the window's samples are decoded as they are pulled."""
 
     def __init__(
         self,
@@ -97,8 +109,10 @@ class WorkerStream(torch.utils.data.IterableDataset):
         processor: Processor,
         resume: dict[int, dict] | None = None,
         missing: MissingConfig | None = None,
+        lengths: ShardLengths | None = None,
     ) -> None:
         self.cfg, self.plan, self.rank, self.epoch = cfg, plan, rank, epoch
+        self.lengths = lengths if cfg.batching == "group" else None
         self.missing = missing if missing is not None and missing.rate > 0 else None
         self.encode = getattr(processor, "encode", None)
         self.collate = cast(Any, processor).collate if self.encode is not None else processor
@@ -153,8 +167,9 @@ class WorkerStream(torch.utils.data.IterableDataset):
         """(batch, offset, done) for each batch of one pass from raw position `offset` on, where (offset, done) is
         the position to resume from after that batch: the raw samples pulled before its grouping window and the
         window's batches already handed out (0 at a window's end). `done` > 0 on entry re-forms the interrupted
-        window (its samples are decoded again, not counted again) and drops its first `done` batches."""
-        skipped, missing = counts
+        window (reading it again; samples without a known shape are decoded again, not counted again) and drops its
+        first `done` batches."""
+        skipped = counts[0]
         mbs = self.cfg.micro_batch_size
         size = mbs * (self.cfg.group_batches if self.cfg.batching == "group" else 1)
         buffer: list = []
@@ -162,27 +177,36 @@ class WorkerStream(torch.utils.data.IterableDataset):
         for pulled, sample in enumerate(self.raw(share, slot, cycle, skipped), start=1):
             if pulled <= offset:
                 continue
-            replay = (Counter(), Counter()) if done else (skipped, missing)
-            item = self._prepare(sample, *replay)
-            if item is not None:
-                buffer.append(item)
+            shape = self.lengths.shape(sample["__url__"], sample["__key__"]) if self.lengths else None
+            if shape is not None:
+                buffer.append(Pending(sample, shape))
+            else:
+                replay = (Counter(), Counter()) if done else counts
+                item = self._prepare(sample, *replay)
+                if item is not None:
+                    buffer.append(item)
             if len(buffer) < size:
                 continue
-            yield from self._batches_of(buffer, slot, cycle, start, pulled, done)
+            yield from self._batches_of(buffer, slot, cycle, (start, pulled), done, counts)
             buffer, start, done = [], pulled, 0
         if len(buffer) >= mbs:  # the pass's last, partial grouping window
-            yield from self._batches_of(buffer[: len(buffer) // mbs * mbs], slot, cycle, start, pulled, done)
+            window = buffer[: len(buffer) // mbs * mbs]
+            yield from self._batches_of(window, slot, cycle, (start, pulled), done, counts)
 
     def _batches_of(
-        self, window: list, slot: int, cycle: int, start: int, end: int, done: int
+        self, window: list, slot: int, cycle: int, span: tuple[int, int], done: int, counts: tuple[Counter, Counter]
     ) -> Iterator[tuple[object, int, int]]:
-        """The micro-batches of one window (group: sorted by modality mix and length, then in a seeded random
-        order), from its `done`-th on."""
+        """The micro-batches of one window (raw positions `span`; group: sorted by modality mix and length, then in a
+        seeded random order), from its `done`-th on, their pending samples decoded now."""
+        start, end = span
         rng = random.Random(f"group-{self.cfg.seed}-{self.epoch}-{slot}-{cycle}-{start}")
         batches = window_batches(window, self.cfg.micro_batch_size, self.cfg.batching == "group", rng)
         for k in range(done, len(batches)):
             last = k + 1 == len(batches)
-            yield self.collate(batches[k]), end if last else start, 0 if last else k + 1
+            ready = [self._prepare(x.sample, *counts) if isinstance(x, Pending) else x for x in batches[k]]
+            items: list = [x for x in ready if x is not None]
+            if items:  # a micro-batch none of whose samples decoded is dropped (the next one fills the quota)
+                yield self.collate(items), end if last else start, 0 if last else k + 1
 
     def __iter__(self) -> Iterator[dict]:
         info = torch.utils.data.get_worker_info()
@@ -216,7 +240,7 @@ class WorkerStream(torch.utils.data.IterableDataset):
                 if batches == quota:
                     break
             else:
-                if made == 0 and offset == 0:  # another pass would not get further: say so rather than spin
+                if made == 0 and offset == done == 0:  # a whole pass gave nothing: say so rather than spin
                     names = ", ".join(s.path for s in share)
                     exhausted = (
                         f"data: rank {self.rank} has no decodable batch left: a whole pass over worker {worker}'s "
@@ -246,6 +270,10 @@ def window_batches(window: list, size: int, grouped: bool, rng: random.Random) -
 
 
 def group_key(item) -> tuple[bool, bool, int]:
-    """(has visual input, has audio, tokens) of an encoded sample: what `group` batching sorts a window by."""
+    """(has visual input, has audio, tokens) of an encoded or pending sample: what `group` batching sorts a window
+    by."""
+    if isinstance(item, Pending):
+        tokens, has_visual, has_audio = item.shape
+        return has_visual, has_audio, tokens
     visual = getattr(item, "images", None) is not None or getattr(item, "video", None) is not None
     return visual, getattr(item, "audio", None) is not None, len(item.input_ids)

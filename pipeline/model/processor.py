@@ -10,6 +10,8 @@ learns to stop).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import dataclass, field
 from typing import cast
@@ -139,10 +141,13 @@ class AVProcessor:
 
     # ---- media ------------------------------------------------------------------------------------------------
 
+    def _window_count(self, samples: int) -> int:
+        return min(self.max_windows, max(1, math.ceil(samples / self.window_samples)))
+
     def _audio_windows(self, audio: np.ndarray) -> list[np.ndarray]:
         """Fixed windows over the clip; a clip longer than max_windows windows gets windows spread evenly over it."""
         w = self.window_samples
-        n = min(self.max_windows, max(1, math.ceil(len(audio) / w)))
+        n = self._window_count(len(audio))
         if len(audio) <= n * w:
             return [audio[i * w : (i + 1) * w] for i in range(n)]
         starts = np.linspace(0, len(audio) - w, n).round().astype(int)
@@ -177,6 +182,40 @@ class AVProcessor:
             raise ValueError(f"sample {sample_id(sample)}: audio must be a non-empty mono waveform")
         return counts
 
+    def _expansion(self, windows: int) -> dict[int, int]:
+        """Placeholder token id -> the tokens its features fill."""
+        return {
+            self.token_ids["<image>"]: self.tokens_per_image,
+            self.token_ids["<video>"]: self.tokens_per_image * self.num_frames,
+            self.token_ids["<audio>"]: self.tokens_per_window * windows,
+        }
+
+    # ---- lengths without media ---------------------------------------------------------------------------------
+
+    def length(self, conversations: list[dict], audio_samples: int | None = None) -> int:
+        """The number of tokens `encode` gives a sample, from its conversation and its audio's length in samples at
+        SAMPLE_RATE (images and video expand to fixed counts), without decoding any media: what length planning
+        needs before the epoch (`pipeline.data.lengths`). Raises `ValueError` for a malformed conversation."""
+        messages = self._messages(AVSample(conversations))
+        ids = self.tokenizer(self._render(messages), add_special_tokens=False)["input_ids"]
+        expand = self._expansion(self._window_count(audio_samples) if audio_samples else 0)
+        return sum(expand.get(tok, 1) for tok in ids)
+
+    def length_key(self) -> str:
+        """What `length` depends on (tokenizer, chat template, media token counts), as a short digest: the key of the
+        lengths cached beside the shards."""
+        tokenizer = self.tokenizer.backend_tokenizer.to_str()
+        settings = [
+            tokenizer,
+            self.tokenizer.chat_template,
+            self.tokens_per_image,
+            self.num_frames,
+            self.tokens_per_window,
+            self.window_samples,
+            self.max_windows,
+        ]
+        return hashlib.sha1(json.dumps(settings).encode()).hexdigest()[:16]
+
     # ---- encode / collate -------------------------------------------------------------------------------------
 
     def encode(self, sample: AVSample, continuation: str = "") -> EncodedSample:
@@ -195,11 +234,7 @@ class AVProcessor:
             text += continuation
         enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         windows = self._audio_windows(sample.audio) if sample.audio is not None else []
-        expand = {
-            self.token_ids["<image>"]: self.tokens_per_image,
-            self.token_ids["<video>"]: self.tokens_per_image * self.num_frames,
-            self.token_ids["<audio>"]: self.tokens_per_window * len(windows),
-        }
+        expand = self._expansion(len(windows))
         ids, labels, question = [], [], []
         for tok, (start, _) in zip(enc["input_ids"], enc["offset_mapping"]):
             if tok in expand:

@@ -5,48 +5,20 @@ sample at most once (exactly once when no rank's share is truncated), exact resu
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 
 import pytest
 
 from pipeline.data.loader import ShardLoader
-from pipeline.model.packing import plan_rows
-from tests.data.conftest import config, stop_and_resume
+from tests.data.conftest import Lengths, config, stop_and_resume
 from tests.data.test_loader import _all_keys
-
-
-@dataclass
-class Encoded:
-    key: str
-    input_ids: list[int]
-    images: object
-    video: object
-    audio: object
-
-
-class Lengths:
-    """A test processor: a sample's 'tokens' are its text plus a fixed count per medium; batches name the keys."""
-
-    def encode(self, sample) -> Encoded:
-        text = sum(len(t["value"]) for t in sample.conversations)
-        media = 40 * len(sample.images) + 200 * (sample.video is not None) + 60 * (sample.audio is not None)
-        return Encoded(sample.meta["key"], [0] * (text + media), sample.images or None, sample.video, sample.audio)
-
-    def collate(self, items: list[Encoded]) -> dict:
-        return {"ids": [e.key for e in items], "lengths": [len(e.input_ids) for e in items]}
-
-    def pack(self, items: list[Encoded], max_tokens: int) -> dict:
-        rows = plan_rows([len(e.input_ids) for e in items], max_tokens)
-        return {"ids": [items[i].key for row in rows for i in row],
-                "rows": [sum(len(items[i].input_ids) for i in row) for row in rows]}
 
 
 MODES = {"group": {"batching": "group", "group_batches": 3}, "pack": {"batching": "pack", "max_tokens": 700}}
 
 
-def loader(dirs, rank: int, world: int, **kw) -> ShardLoader:
+def loader(dirs, rank: int, world: int, processor: Lengths | None = None, **kw) -> ShardLoader:
     settings = {"num_workers": 2, "micro_batch_size": 2, "shuffle_buffer": 4, **kw}
-    return ShardLoader(config(*dirs, **settings), Lengths(), rank, world)
+    return ShardLoader(config(*dirs, **settings), processor or Lengths(), rank, world)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -96,6 +68,25 @@ def test_resume_continues_exactly(shards, mode, k):
     full, head, tail, resumed = stop_and_resume(make, k)
     assert len(head) + len(tail) == len(full) == resumed.steps_per_epoch
     assert sorted(head + tail) == sorted(full)
+
+
+def test_group_decodes_each_sample_when_its_batch_is_handed_out(shards):
+    """With lengths known before the epoch, a grouping window is planned from them: the worker holds one micro-batch
+    of decoded samples, not the window's, and a resume inside a window decodes only the batches still to come."""
+    counting = Lengths()
+    one = loader([shards["music_avqa"]], 0, 1, counting, num_workers=0, **MODES["group"])
+    batches = iter(one)
+    for k in (1, 2):  # inside the first window of 3 batches
+        next(batches)
+        assert counting.encoded == 2 * k  # micro_batch_size 2
+    state = one.state_dict()
+    batches.close()
+
+    again = Lengths()
+    resumed = loader([shards["music_avqa"]], 0, 1, again, num_workers=0, **MODES["group"])
+    resumed.load_state_dict(state)
+    rest = list(resumed)
+    assert again.encoded == 2 * len(rest) == 2 * (one.steps_per_epoch - 2)
 
 
 def test_resume_refuses_other_batching(shards):

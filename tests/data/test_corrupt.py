@@ -11,7 +11,7 @@ import webdataset as wds
 
 from pipeline.data.loader import DataExhausted, ShardLoader
 from pipeline.data.sample import allowed_file
-from tests.data.conftest import config, ids
+from tests.data.conftest import Lengths, config, ids
 
 
 class _WritesFile:
@@ -90,12 +90,31 @@ def test_corrupt_samples_are_skipped_and_counted(damaged):
     assert len(seen) == loader.steps_per_epoch  # the short pass was refilled: equal steps despite the damage
 
 
-def test_resume_is_exact_on_damaged_data(damaged):
+def test_group_batching_skips_corrupt_samples_it_planned_from_lengths(damaged):
+    """`group` plans from lengths read before the epoch, so a sample whose json is fine but whose mp4 is truncated
+    fails when its micro-batch is handed out: that batch goes out one short and the failure is counted."""
+    directory, marker = damaged
+    settings = {"num_workers": 0, "micro_batch_size": 2, "shuffle_buffer": 4, "batching": "group", "group_batches": 2}
+    loader = ShardLoader(config(directory, **settings), Lengths())
+    batches = [batch["ids"] for batch in loader]
+    seen = [k for ids in batches for k in ids]
+    assert not marker.exists()
+    assert not {"bad0", "bad1", "bad2", "bad3"} & set(seen)
+    for reason in ("bad_video", "bad_audio", "bad_json", "missing_media", "unreadable_shard"):
+        assert loader.skipped[reason] >= 1, (reason, loader.skipped)
+    assert len(batches) == loader.steps_per_epoch
+    assert 1 in {len(ids) for ids in batches}  # bad0's batch
+
+
+@pytest.mark.parametrize("batching", ["pad", "group"])
+def test_resume_is_exact_on_damaged_data(damaged, batching):
     """Skips and refill passes are replayed identically: stop, restore, and the rest matches the full run."""
     directory, _ = damaged
+    settings = {"num_workers": 2, "micro_batch_size": 1, "shuffle_buffer": 4, "batching": batching,
+                "group_batches": 3}
 
     def make() -> ShardLoader:
-        return ShardLoader(config(directory, num_workers=2, micro_batch_size=1, shuffle_buffer=4), ids)
+        return ShardLoader(config(directory, **settings), Lengths() if batching == "group" else ids)
 
     full = [tuple(b["ids"]) for b in make()]
     first = make()

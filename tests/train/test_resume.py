@@ -23,7 +23,9 @@ from tests.train.conftest import (
 CONFIG = REPO / "configs/demo/stage1.yaml"
 
 
-BATCHING = {"pad": {}, "pack": {"data.batching": "pack", "data.max_tokens": 4096}}
+# group: windows of 3 micro-batches planned from the lengths the ranks cache before the first epoch
+BATCHING = {"pad": {}, "pack": {"data.batching": "pack", "data.max_tokens": 4096},
+            "group": {"data.batching": "group", "data.group_batches": 3}}
 
 
 def overrides(train_data, out, batching: str = "pad"):
