@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.launch.slurm_cluster import require_slurm, slurm_cluster
-from tests.train.conftest import common_overrides, launch_env
+from tests.train.conftest import common_overrides, launch_env, log_text
 
 pytestmark = pytest.mark.slow
 
@@ -84,7 +84,7 @@ class Launch:
             self.stop()
             raise
         assert rc == 0, f"{' '.join(self.cmd)} -> {rc}\n" + "\n".join(
-            f"--- {log.name}\n{log.read_text()[-4000:]}" for log in self.logs if log.exists())
+            f"--- {log.name}\n{log_text(log)[-4000:]}" for log in self.logs if log.exists())
         return read(self.out_dir)
 
     def stop(self) -> None:
@@ -143,7 +143,7 @@ def test_train_sbatch_two_nodes_matches_direct_launch(launches):
     assert slurm["trainables"].keys() == direct["trainables"].keys()
     for name, tensor in slurm["trainables"].items():
         assert torch.equal(tensor, direct["trainables"][name]), name
-    log = launches["train"].logs[-1].read_text()
+    log = log_text(launches["train"].logs[-1])
     assert "master nodeA (127.0.0.1:" in log
 
 
@@ -151,18 +151,18 @@ def test_eval_sbatch_two_nodes_matches_one_process(launches):
     slurm = launches["eval"].result(read_eval)
     direct = launches["eval-direct"].result(read_eval)
     assert slurm == direct
-    assert "2 nodes x 1 ranks" in launches["eval"].logs[-1].read_text()
+    assert "2 nodes x 1 ranks" in log_text(launches["eval"].logs[-1])
 
 
 def job_id(launch: Launch) -> str:
     """The id `sbatch --wait` printed on submission."""
     deadline = time.time() + 60
     while time.time() < deadline:
-        found = re.search(r"Submitted batch job (\d+)", launch.logs[0].read_text())
+        found = re.search(r"Submitted batch job (\d+)", log_text(launch.logs[0]))
         if found:
             return found.group(1)
         time.sleep(0.1)
-    raise AssertionError(f"no job id in {launch.logs[0]}: {launch.logs[0].read_text()}")
+    raise AssertionError(f"no job id in {launch.logs[0]}: {log_text(launch.logs[0])}")
 
 
 def test_train_sbatch_preempted_checkpoints_requeues_and_resumes(cluster, launches, train_data, tmp_path):
@@ -175,13 +175,13 @@ def test_train_sbatch_preempted_checkpoints_requeues_and_resumes(cluster, launch
                  *common_overrides(train_data, out, max_steps=STEPS), CONFIG=str(TRAIN_CONFIG))
     jid, log = job_id(job), job.logs[-1]
     deadline = time.time() + JOB_TIMEOUT
-    while "train:" not in (log.read_text() if log.exists() else "") and time.time() < deadline:  # handlers are in
-        assert job.proc.poll() is None, log.read_text()[-3000:]
+    while "train:" not in log_text(log) and time.time() < deadline:  # handlers are in
+        assert job.proc.poll() is None, log_text(log)[-3000:]
         time.sleep(0.05)
     subprocess.run(["scancel", "--batch", "--signal=USR1", jid], env=cluster, check=True, timeout=30)
     resumed = job.result(read_run)
 
-    text = log.read_text()
+    text = log_text(log)
     stopped = re.search(rf"preempted: SIGUSR1: stopped after step (\d+) of {STEPS} with a complete checkpoint", text)
     assert stopped, text[-4000:]
     step = int(stopped.group(1))

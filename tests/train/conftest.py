@@ -44,6 +44,11 @@ def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+def log_text(log: Path) -> str:
+    """A log as it stands; one still being written may end inside a multi-byte character (tqdm's bar)."""
+    return log.read_bytes().decode(errors="replace") if log.exists() else ""
+
+
 def common_overrides(train_data: dict, out: Path, **extra) -> list[str]:
     comp = train_data["components"]
     base = {"output_dir": out, "model.llm": comp / "llm", "model.vision": comp / "vision",

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import time
 
-from tests.train.conftest import REPO, common_overrides, launch_env, train_cmd
+from tests.train.conftest import REPO, common_overrides, launch_env, log_text, train_cmd
 
 CONFIG = REPO / "configs/demo/stage1.yaml"
 TIMEOUT_MINUTES = 0.25  # 15 s: longer than the start-up skew of two ranks on a busy machine
@@ -27,16 +27,16 @@ def test_a_silent_rank_ends_the_job_within_the_timeout(train_data, tmp_path):
         deadline = time.time() + 300
         while not (out / "metrics.jsonl").is_file() and proc.poll() is None and time.time() < deadline:
             time.sleep(0.05)
-        rank1 = int(re.search(r"process (\d+) spawned with command: .*'--local_rank=1'", log.read_text()).group(1))
+        rank1 = int(re.search(r"process (\d+) spawned with command: .*'--local_rank=1'", log_text(log)).group(1))
         os.kill(rank1, signal.SIGSTOP)
         stopped = time.time()
-        while "error: rank 0:" not in log.read_text() and time.time() < stopped + 120:
+        while "error: rank 0:" not in log_text(log) and time.time() < stopped + 120:
             time.sleep(0.1)
         waited = time.time() - stopped
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the stopped rank would only die 30 s later by DeepSpeed's launcher
         proc.wait()
-    text = log.read_text()
+    text = log_text(log)
     line = next((x for x in text.splitlines() if x.startswith("error: rank 0:")), None)
     assert line, text[-3000:]
     assert waited < TIMEOUT_MINUTES * 60 + 30, waited
