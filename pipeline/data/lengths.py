@@ -45,19 +45,21 @@ class Measures(Protocol):
     def length_key(self) -> str: ...
 
 
-def _members(tar: tarfile.TarFile) -> Iterator[tuple[str, list[tarfile.TarInfo]]]:
-    """(sample key, its members) in tar order, keyed as webdataset keys them (the path up to the name's first dot)."""
-    key, group = None, list[tarfile.TarInfo]()
+def _members(tar: tarfile.TarFile) -> Iterator[tuple[str, dict[str, tarfile.TarInfo]]]:
+    """(sample key, its members by extension) in tar order, split as webdataset splits a name: the key is the path
+    up to the file name's first dot, the extension the rest."""
+    key, group = None, dict[str, tarfile.TarInfo]()
     for member in tar:
-        if not member.isfile():
-            continue
         head, _, name = member.name.rpartition("/")
-        this = f"{head}/{name.split('.', 1)[0]}" if head else name.split(".", 1)[0]
+        if not member.isfile() or "." not in name:
+            continue
+        stem, ext = name.split(".", 1)
+        this = f"{head}/{stem}" if head else stem
         if this != key and group:
             yield str(key), group
-            group = []
+            group = {}
         key = this
-        group.append(member)
+        group[ext] = member
     if group:
         yield str(key), group
 
@@ -70,8 +72,7 @@ def _audio_samples(tar: tarfile.TarFile, member: tarfile.TarInfo) -> int:
     return math.ceil(info.frames * SAMPLE_RATE / info.samplerate)
 
 
-def _shape(tar: tarfile.TarFile, members: list[tarfile.TarInfo], measures: Measures) -> Shape:
-    by_name = {m.name.rpartition("/")[2].split(".", 1)[1]: m for m in members if "." in m.name.rpartition("/")[2]}
+def _shape(tar: tarfile.TarFile, by_name: dict[str, tarfile.TarInfo], measures: Measures) -> Shape:
     if "json" not in by_name:
         return None
     handle = tar.extractfile(by_name["json"])

@@ -112,7 +112,7 @@ class WorkerStream(torch.utils.data.IterableDataset):
         lengths: ShardLengths | None = None,
     ) -> None:
         self.cfg, self.plan, self.rank, self.epoch = cfg, plan, rank, epoch
-        self.lengths = lengths if cfg.batching == "group" else None
+        self.lengths = lengths
         self.missing = missing if missing is not None and missing.rate > 0 else None
         self.encode = getattr(processor, "encode", None)
         self.collate = cast(Any, processor).collate if self.encode is not None else processor
