@@ -145,6 +145,7 @@ def read_cached(shard: str, key: str) -> dict[str, Shape] | None:
 def write_cache(shard: str, key: str, shapes: dict[str, Shape]) -> None:
     """Write atomically (temp file, then rename): ranks computing the same shard write the same bytes."""
     target = cache_path(shard, key)
+    tmp = None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
@@ -153,6 +154,8 @@ def write_cache(shard: str, key: str, shapes: dict[str, Shape]) -> None:
         os.chmod(tmp, 0o644)  # readable by whoever reads the shards (mkstemp makes it private)
         os.replace(tmp, target)
     except OSError as exc:
+        if tmp is not None:  # our own half-written temp file (a full disk), never the cache entry or a shard
+            Path(tmp).unlink(missing_ok=True)
         log.warning("data: cannot cache the lengths of %s in %s: %s", shard, target.parent, exc)
 
 
