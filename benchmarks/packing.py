@@ -1,20 +1,25 @@
 """Packing benchmark: useful tokens/s of pad, group and pack batching on the same samples, their padding fractions,
 and the peak memory of the chunked loss against the plain full-logits loss at a large vocabulary.
 
-    python benchmarks/packing.py [--samples 64] [--batch 8] [--max-tokens 2048] [--json PATH]
+    python benchmarks/packing.py [--samples 128] [--batch 16] [--max-tokens 4096] [--json PATH]
 
-Length mix (stated, LLaVA-Instruct-like; tokens after media expansion): text of every sample log-normal with median
-120 tokens (sigma 0.8, clipped to [16, 1024]), 30% text-only, 40% one image (144 tokens: 576 patch tokens pooled
-2x2), 30% an 8-frame video (8 x 64 tokens) with its audio (8 windows x 25 tokens). The samples are `EncodedSample`s
+Length mix (stated; tokens after media expansion, as the product's Llama-2 + CLIP-L/336 + Whisper-large-v3 recipe
+`configs/stage2/llama2_clip_whisper_*.yaml` expands them): text of every sample LLaVA-Instruct-like, log-normal with
+median 120 tokens (sigma 0.8, clipped to [16, 1024]); 30% text-only; 40% one image (144 tokens: 24 x 24 patches
+pooled 2x2); 30% an 8-frame video (8 x 144 tokens) with its audio (10 one-second windows x 32 Q-Former queries: the
+recipe's cap, which the 10 s AVE and 60 s MUSIC-AVQA clips both reach), so a video sample is 1.5k to 2.5k tokens.
+Micro-batches of 16 samples and packed rows of at most 4096 tokens are the recipe's `data.micro_batch_size` and
+`data.max_tokens`. (`--frame-tokens 64 --audio-tokens 200 --batch 8 --max-tokens 2048 --samples 64` is the lighter
+mix this benchmark used before 2026-12-02.) The samples are `EncodedSample`s
 with random token ids (the LLM's cost does not depend on which ids, and towers are not what this measures); the
 micro-batches are formed as the loader forms them (`window_batches`; group over windows of 4 micro-batches) and
 collated by `AVProcessor.collate` / `AVProcessor.pack`; each is trained (forward and backward, chunked loss, LoRA on
 all linear layers) through `AVLLM.forward`, on a CPU-sized Llama (4 layers, width 256, vocabulary 8k). Useful tokens
-are the non-pad ones (prompt + answer + media). Packed rows hold at most --max-tokens 2048 tokens (the longest
-sample is about 1.7k); which samples share a row is the product's plan (`pipeline.model.packing`): sdpa computes
-attention over a whole packed row under the block-diagonal mask, and at width 256 a row's attention costs as much as
-its linear layers at about 1.4k tokens, so the planner cuts a micro-batch into more, shorter rows where that is
-cheaper, padding at most 5% where a plan can (the [rows, length] shape of each batch is in the json). Each mode is timed
+are the non-pad ones (prompt + answer + media). Which samples share a packed row is the product's plan
+(`pipeline.model.packing`): sdpa computes attention over a whole packed row under the block-diagonal mask, and at
+width 256 a row's attention costs as much as its linear layers at about 1.4k tokens, so the planner cuts a
+micro-batch into more, shorter rows where that is cheaper, padding at most 5% where a plan can (the [rows, length]
+shape of each batch is in the json). Each mode is timed
 as the sum over its micro-batches of each one's best time (forward and backward) in --trials passes: other jobs
 on a shared machine only slow a micro-batch down, and the three modes take turns within each pass so that a load that
 drifts over minutes does not favour one;
@@ -33,7 +38,6 @@ import argparse
 import json
 import os
 import random
-import resource
 import subprocess
 import sys
 import tempfile
@@ -53,18 +57,19 @@ from pipeline.testing.tiny import write_tiny
 from pipeline.train.config import TrainConfig
 
 GROUP_BATCHES = 4  # data.group_batches
+IMAGE_TOKENS, FRAMES = 144, 8  # one CLIP-L/336 image pooled 2x2; model.num_frames
 MODES = ("pad", "group", "pack")
 VOCAB_MEMORY, WIDTH_MEMORY, TOKENS_MEMORY, LABELS_MEMORY = 152_064, 256, 4096, 1024
 
 
-def length_mix(n: int, seed: int) -> list[tuple[str, int, int]]:
+def length_mix(n: int, seed: int, frame_tokens: int, audio_tokens: int) -> list[tuple[str, int, int]]:
     """(kind, prompt tokens, answer tokens) of n samples drawn from the stated mix."""
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(n):
         kind = rng.choice(["text", "image", "video"], p=[0.3, 0.4, 0.3])
         text = int(np.clip(rng.lognormal(np.log(120), 0.8), 16, 1024))
-        media = {"text": 0, "image": 144, "video": 8 * 64 + 8 * 25}[kind]
+        media = {"text": 0, "image": IMAGE_TOKENS, "video": FRAMES * frame_tokens + audio_tokens}[kind]
         answer = max(4, text // 3)
         out.append((str(kind), text - answer + media, answer))
     return out
@@ -150,9 +155,11 @@ def time_batches(model, batches: list[dict], chunk: int, clock: str) -> list[flo
     return times
 
 
-def rss_kib() -> int:
+def status_kib(field: str) -> int:
+    """A memory figure of this process from /proc/self/status: VmRSS now, or VmHWM, the peak of this process image
+    alone (getrusage's ru_maxrss would also count the parent's peak, which a vforked child inherits)."""
     with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+        return next(int(line.split()[1]) for line in f if line.startswith(f"{field}:"))
 
 
 def memory_probe(kind: str) -> None:
@@ -169,13 +176,13 @@ def memory_probe(kind: str) -> None:
     targets = torch.full((1, TOKENS_MEMORY), IGNORE_INDEX)
     targets[0, -LABELS_MEMORY:] = torch.randint(0, VOCAB_MEMORY, (LABELS_MEMORY,))
     config = type("Config", (), {})()
-    base = rss_kib()
+    base = status_kib("VmRSS")
     if kind == "plain":
         loss = ForCausalLMLoss(head_logits(head, hidden, config), None, VOCAB_MEMORY, shift_labels=targets)
     else:
         loss = chunked_lm_loss(hidden, head, targets, config, TrainConfig().loss_chunk_tokens)
     loss.backward()
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base)
+    print(status_kib("VmHWM") - base)
 
 
 def peak_memory(kind: str) -> int:
@@ -188,9 +195,11 @@ def peak_memory(kind: str) -> int:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--samples", type=int, default=64)
-    parser.add_argument("--batch", type=int, default=8, help="micro_batch_size")
-    parser.add_argument("--max-tokens", type=int, default=2048, help="data.max_tokens for pack")
+    parser.add_argument("--samples", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=16, help="data.micro_batch_size")
+    parser.add_argument("--max-tokens", type=int, default=4096, help="data.max_tokens for pack")
+    parser.add_argument("--frame-tokens", type=int, default=144, help="tokens per video frame")
+    parser.add_argument("--audio-tokens", type=int, default=320, help="tokens of a video's audio")
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--vocab", type=int, default=8192)
     parser.add_argument(
@@ -209,7 +218,8 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", 1)))
     model = build_model(args.vocab)
     processor = model.build_processor()
-    samples = encoded(length_mix(args.samples, seed=0), args.vocab, set(processor.token_ids.values()), seed=0)
+    mix = length_mix(args.samples, 0, args.frame_tokens, args.audio_tokens)
+    samples = encoded(mix, args.vocab, set(processor.token_ids.values()), seed=0)
     chunk = TrainConfig().loss_chunk_tokens
     modes = {mode: micro_batches(samples, args.batch, mode, args.max_tokens, processor) for mode in MODES}
     best = {mode: [float("inf")] * len(batches) for mode, batches in modes.items()}
