@@ -1,7 +1,8 @@
 """Packing benchmark: useful tokens/s of pad, group and pack batching on the same samples, their padding fractions,
 and the peak memory of the chunked loss against the plain full-logits loss at a large vocabulary.
 
-    python benchmarks/packing.py [--samples 128] [--batch 16] [--max-tokens 4096] [--json PATH]
+    python benchmarks/packing.py [--clock wall|cpu|user] [--trials 3] [--samples 128] [--batch 16] [--max-tokens 4096]
+        [--frame-tokens 144] [--audio-tokens 320] [--json PATH]
 
 Length mix (stated; tokens after media expansion, as the product's Llama-2 + CLIP-L/336 + Whisper-large-v3 recipe
 `configs/stage2/llama2_clip_whisper_*.yaml` expands them): text of every sample LLaVA-Instruct-like, log-normal with
@@ -10,24 +11,26 @@ pooled 2x2); 30% an 8-frame video (8 x 144 tokens) with its audio (10 one-second
 recipe's cap, which the 10 s AVE and 60 s MUSIC-AVQA clips both reach), so a video sample is 1.5k to 2.5k tokens.
 Micro-batches of 16 samples and packed rows of at most 4096 tokens are the recipe's `data.micro_batch_size` and
 `data.max_tokens`. (`--frame-tokens 64 --audio-tokens 200 --batch 8 --max-tokens 2048 --samples 64` is the lighter
-mix this benchmark used before 2026-12-02.) The samples are `EncodedSample`s
-with random token ids (the LLM's cost does not depend on which ids, and towers are not what this measures); the
-micro-batches are formed as the loader forms them (`window_batches`; group over windows of 4 micro-batches) and
-collated by `AVProcessor.collate` / `AVProcessor.pack`; each is trained (forward and backward, chunked loss, LoRA on
-all linear layers) through `AVLLM.forward`, on a CPU-sized Llama (4 layers, width 256, vocabulary 8k). Useful tokens
-are the non-pad ones (prompt + answer + media). Which samples share a packed row is the product's plan
-(`pipeline.model.packing`): sdpa computes attention over a whole packed row under the block-diagonal mask, and at
-width 256 a row's attention costs as much as its linear layers at about 1.4k tokens, so the planner cuts a
-micro-batch into more, shorter rows where that is cheaper, padding at most 5% where a plan can (the [rows, length]
-shape of each batch is in the json). Each mode is timed
-as the sum over its micro-batches of each one's best time (forward and backward) in --trials passes: other jobs
-on a shared machine only slow a micro-batch down, and the three modes take turns within each pass so that a load that
-drifts over minutes does not favour one;
-`--clock cpu` times the process's CPU seconds instead of the wall clock (with OMP_NUM_THREADS=1 that is the work a
-pass does, which other jobs on a shared machine barely change); `--clock user` its user-mode CPU seconds only. The
-difference is the kernel's: glibc hands the large activations of a padded micro-batch back to the kernel and
-page-faults them in again on the next, which a GPU's caching allocator never does (on this mix the padded pass
-spends about 30 s of 180 there, the packed one about 1 s), so `user` is the figure closest to what a GPU user sees.
+mix this benchmark used before 2026-12-02.)
+
+The samples are `EncodedSample`s with random token ids (the LLM's cost does not depend on which ids, and towers are
+not what this measures); the micro-batches are formed as the loader forms them (`window_batches`; group over windows
+of 4 micro-batches) and collated by `AVProcessor.collate` / `AVProcessor.pack`; each is trained (forward and backward,
+chunked loss, LoRA on all linear layers) through `AVLLM.forward`, on a CPU-sized Llama (4 layers, width 256,
+vocabulary 8k). Useful tokens are the non-pad ones (prompt + answer + media). Which samples share a packed row is the
+product's plan (`pipeline.model.packing`): sdpa computes attention over a whole packed row under the block-diagonal
+mask, and at width 256 a row's attention costs as much as its linear layers at about 1.4k tokens, so the planner cuts
+a micro-batch into more, shorter rows where that is cheaper, padding at most 5% where a plan can (the [rows, length]
+shape of each batch is in the json).
+
+Each mode is timed as the sum over its micro-batches of each one's best time (forward and backward) in --trials
+passes: other jobs on a shared machine only slow a micro-batch down, and the three modes take turns within each pass
+so that a load that drifts over minutes does not favour one; `--clock cpu` times the process's CPU seconds instead of
+the wall clock (with OMP_NUM_THREADS=1 that is the work a pass does, which other jobs on a shared machine barely
+change); `--clock user` its user-mode CPU seconds only. The difference is the kernel's: glibc hands the large
+activations of a padded micro-batch back to the kernel and page-faults them in again on the next, which a GPU's
+caching allocator never does (on this mix the padded pass spends about 30 s of 180 there, the packed one about 1 s),
+so `user` is the figure closest to what a GPU user sees.
 
 Memory: in a fresh subprocess each, the plain loss (LM head over every position, then transformers'
 `ForCausalLMLoss`) and the chunked loss (`pipeline.model.loss.chunked_lm_loss`, chunks of `train.loss_chunk_tokens`)
