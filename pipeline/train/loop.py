@@ -36,6 +36,7 @@ from typing import Any
 import deepspeed
 import torch
 import torch.distributed as dist
+import torch.distributed.distributed_c10d as c10d
 from transformers import get_cosine_schedule_with_warmup
 
 from pipeline.adapters import AttachReport, adapter_layers, aux_loss
@@ -89,7 +90,8 @@ def single_process_env() -> None:
 
 def init_distributed(device: torch.device, timeout_minutes: float = 30.0) -> None:
     """The process group; a collective that waits `timeout_minutes` for a peer fails (gloo: an exception,
-    `collective_timeout`; NCCL: its watchdog ends the process), so a dead or hung rank ends the job."""
+    `collective_timeout`; NCCL: its watchdog ends the process), so a dead or hung rank ends the job. Groups created
+    later (DeepSpeed's) get the same bound from `bound_every_collective`."""
     single_process_env()
     if device.type == "cpu":
         # DeepSpeed JIT-compiles a shared-memory all-reduce op for CPU at init (~30 s); gloo does not need it.
@@ -97,6 +99,15 @@ def init_distributed(device: torch.device, timeout_minutes: float = 30.0) -> Non
     deepspeed.init_distributed(
         dist_backend="nccl" if device.type == "cuda" else "gloo", timeout=timedelta(minutes=timeout_minutes)
     )
+
+
+def bound_every_collective(timeout_minutes: float) -> None:
+    """Give every process group of this rank the run's collective timeout. DeepSpeed runs ZeRO's reductions on groups
+    it creates itself (a clone of the world group) without a timeout, which torch then sets to its default (30 minutes
+    on gloo): a peer that went silent during a gradient reduction would hang this rank that long."""
+    timeout = timedelta(minutes=timeout_minutes)
+    for group in list(c10d._world.pg_map):  # torch lists no groups publicly; _set_pg_timeout is its setter
+        c10d._set_pg_timeout(timeout, group)
 
 
 def collective_timeout(exc: BaseException, cfg: RunConfig) -> str | None:
@@ -261,6 +272,7 @@ def _engine(cfg: RunConfig, model: torch.nn.Module, ds_config: dict, total: int)
         config=ds_config,
         lr_scheduler=lambda opt: get_cosine_schedule_with_warmup(opt, warmup, total),
     )
+    bound_every_collective(cfg.train.collective_timeout_minutes)  # including the groups DeepSpeed just created
     return engine
 
 

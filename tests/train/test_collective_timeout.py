@@ -6,7 +6,9 @@ from __future__ import annotations
 import os
 import re
 import signal
+import json
 import subprocess
+import sys
 import time
 
 from tests.train.conftest import REPO, common_overrides, launch_env, log_text, train_cmd
@@ -44,3 +46,32 @@ def test_a_silent_rank_ends_the_job_within_the_timeout(train_data, tmp_path):
                            "train.collective_timeout_minutes=0.25 (it died or hangs; see its log); backend: ")
     assert "Timed out waiting 15000ms" in line
     assert "[rank0]: Traceback" not in text
+
+
+GROUP_TIMEOUTS = """
+import json, sys
+import torch
+import torch.distributed.distributed_c10d as c10d
+from pipeline.config import load_config
+from pipeline.train.config import RunConfig
+from pipeline.train.loop import close_distributed, prepare
+from pipeline.train.preempt import StopRequest
+
+with StopRequest() as stop:
+    prepare(load_config(RunConfig, sys.argv[1], sys.argv[2:]), None, 0, stop)
+    print(json.dumps([g._get_backend(torch.device("cpu")).options._timeout.total_seconds() for g in c10d._world.pg_map]))
+close_distributed()
+"""
+
+
+def test_the_timeout_reaches_the_groups_deepspeed_creates(train_data, tmp_path):
+    """ZeRO reduces gradients on a clone of the world group that DeepSpeed creates without a timeout: a rank that went
+    silent during a reduction hung its peers for torch's default 30 minutes (where the test above stops rank 1 decides
+    which group rank 0 waits on, so that test alone cannot tell)."""
+    overrides = common_overrides(train_data, tmp_path / "run", **{"train.collective_timeout_minutes": TIMEOUT_MINUTES})
+    proc = subprocess.run([sys.executable, "-c", GROUP_TIMEOUTS, str(CONFIG), *overrides], cwd=REPO,
+                          env=launch_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    timeouts = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(timeouts) >= 2  # the default group and DeepSpeed's data-parallel group
+    assert timeouts == [TIMEOUT_MINUTES * 60] * len(timeouts)
