@@ -126,7 +126,9 @@ def collective_timeout(exc: BaseException, cfg: RunConfig) -> str | None:
 
 def close_distributed() -> None:
     """End the process group once every rank is done. Left to interpreter exit, gloo's worker threads can abort the
-    process ("terminate called without an active exception", SIGABRT) after a run that succeeded."""
+    process ("terminate called without an active exception", SIGABRT) after a run that succeeded. They even outlive
+    this (DeepSpeed keeps its groups referenced), and one that takes the GIL while the interpreter finalizes aborts
+    the same way, so a launcher leaves with `os._exit` once its output is flushed."""
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()

@@ -15,7 +15,7 @@ import torch.distributed as dist
 
 sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parents[2])]
 
-from adapter_helpers import VOCAB, modality_ids, randomize_adapters, tiny_llama  # noqa: E402
+from adapter_helpers import VOCAB, leave, modality_ids, randomize_adapters, tiny_llama  # noqa: E402
 
 from pipeline.adapters import AdapterConfig, adapter_parameters, attach  # noqa: E402
 from pipeline.modality import ModalityContext  # noqa: E402
@@ -83,3 +83,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    leave()

@@ -18,6 +18,7 @@ sys.path[:0] = [str(Path(__file__).parents[2])]
 from pipeline.config import load_config  # noqa: E402
 from pipeline.train.config import RunConfig  # noqa: E402
 from pipeline.train.loop import close_distributed, train  # noqa: E402
+from tests.adapters.adapter_helpers import leave  # noqa: E402
 
 
 def main() -> None:
@@ -34,3 +35,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    leave()

@@ -22,7 +22,7 @@ from pipeline.adapters import AdapterConfig, attach, mark_trainable  # noqa: E40
 from pipeline.config import load_config  # noqa: E402
 from pipeline.model.avllm import AVLLM  # noqa: E402
 from pipeline.train.loop import close_distributed, forward_backward, init_distributed, window_items  # noqa: E402
-from tests.adapters.adapter_helpers import randomize_adapters  # noqa: E402
+from tests.adapters.adapter_helpers import leave, randomize_adapters  # noqa: E402
 from tests.conftest import ModelOnly  # noqa: E402
 from tests.model.conftest import mixed_samples  # noqa: E402
 
@@ -107,3 +107,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    leave()
