@@ -106,7 +106,7 @@ def bound_every_collective(timeout_minutes: float) -> None:
     it creates itself (a clone of the world group) without a timeout, which torch then sets to its default (30 minutes
     on gloo): a peer that went silent during a gradient reduction would hang this rank that long."""
     timeout = timedelta(minutes=timeout_minutes)
-    for group in list(c10d._world.pg_map):  # torch lists no groups publicly; _set_pg_timeout is its setter
+    for group in c10d._world.pg_map:  # torch lists no groups publicly; _set_pg_timeout is its setter
         c10d._set_pg_timeout(timeout, group)
 
 

@@ -3,10 +3,10 @@ the timeout with one line on the rank that waited, instead of hanging it for Dee
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
-import json
 import subprocess
 import sys
 import time
@@ -56,11 +56,13 @@ from pipeline.config import load_config
 from pipeline.train.config import RunConfig
 from pipeline.train.loop import close_distributed, prepare
 from pipeline.train.preempt import StopRequest
+from tests.adapters.adapter_helpers import leave
 
 with StopRequest() as stop:
     prepare(load_config(RunConfig, sys.argv[1], sys.argv[2:]), None, 0, stop)
     print(json.dumps([g._get_backend(torch.device("cpu")).options._timeout.total_seconds() for g in c10d._world.pg_map]))
 close_distributed()
+leave()
 """
 
 
